@@ -1,0 +1,289 @@
+//! Configuration: `pitr.toml`, `PITR_*` environment variables and command-line flags, in that
+//! order of increasing precedence (flag > env > file).
+//!
+//! [`RepoArgs`] is the raw clap layer shared by the binaries (clap resolves flag > env);
+//! [`Config::resolve`] fills the gaps from the file, validates everything once and yields the
+//! only configuration libraries see. Secrets never live here: S3 credentials come from the
+//! standard AWS variables and profiles.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::codec::CompressOptions;
+use crate::exit::{Failure, FailureKind};
+use crate::repository::{valid_cluster_name, Repository};
+use crate::retry::RetryPolicy;
+use crate::storage::local::LocalStorage;
+use crate::storage::s3::{S3Config, S3Storage};
+use crate::storage::Storage;
+
+/// Where the configuration file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pitr/pitr.toml";
+
+/// Flags (and their environment variables) common to every pitr command.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RepoArgs {
+    /// Configuration file [default: /etc/pitr/pitr.toml when present].
+    #[arg(long, env = "PITR_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Repository: a directory, file:///path, or s3://bucket/prefix.
+    #[arg(long, env = "PITR_REPO", value_name = "URL", global = true)]
+    pub repo: Option<String>,
+    /// Name of this cluster inside the repository [default: main].
+    #[arg(long, env = "PITR_CLUSTER", value_name = "NAME", global = true)]
+    pub cluster: Option<String>,
+    /// zstd compression level, 1-19 [default: 3].
+    #[arg(long, env = "PITR_COMPRESS_LEVEL", value_name = "N", global = true)]
+    pub compress_level: Option<i32>,
+    /// zstd worker threads per file, 0 = compress on the main thread [default: 2 on
+    /// machines with 2 or more cores].
+    #[arg(long, env = "PITR_COMPRESS_THREADS", value_name = "N", global = true)]
+    pub compress_threads: Option<u32>,
+    /// S3 endpoint URL for S3-compatible servers (e.g. http://127.0.0.1:9000).
+    #[arg(long, env = "PITR_S3_ENDPOINT", value_name = "URL", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: from the AWS environment, else us-east-1].
+    #[arg(long, env = "PITR_S3_REGION", value_name = "REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing [default: true when --s3-endpoint is set].
+    #[arg(long, env = "PITR_S3_PATH_STYLE", value_name = "BOOL", global = true)]
+    pub s3_path_style: Option<bool>,
+    /// PostgreSQL data directory.
+    #[arg(long, short = 'D', env = "PITR_PGDATA", value_name = "DIR", global = true)]
+    pub pgdata: Option<PathBuf>,
+    /// Retries of a failed repository request before giving up [default: 4].
+    #[arg(long, env = "PITR_RETRIES", value_name = "N", global = true)]
+    pub retries: Option<u32>,
+}
+
+/// The keys of `pitr.toml` (same names as the flags).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`RepoArgs::repo`].
+    pub repo: Option<String>,
+    /// See [`RepoArgs::cluster`].
+    pub cluster: Option<String>,
+    /// See [`RepoArgs::compress_level`].
+    pub compress_level: Option<i32>,
+    /// See [`RepoArgs::compress_threads`].
+    pub compress_threads: Option<u32>,
+    /// See [`RepoArgs::s3_endpoint`].
+    pub s3_endpoint: Option<String>,
+    /// See [`RepoArgs::s3_region`].
+    pub s3_region: Option<String>,
+    /// See [`RepoArgs::s3_path_style`].
+    pub s3_path_style: Option<bool>,
+    /// See [`RepoArgs::pgdata`].
+    pub pgdata: Option<PathBuf>,
+    /// See [`RepoArgs::retries`].
+    pub retries: Option<u32>,
+    /// Connection string for `receive` and `basebackup` (read by those programs).
+    pub dbname: Option<String>,
+}
+
+/// Where the repository is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 bucket and key prefix.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Prefix inside the bucket, without slashes at either end.
+        prefix: String,
+    },
+}
+
+impl RepoLocation {
+    /// Parses a repository URL: `s3://bucket[/prefix]`, `file:///abs/path`, or a path.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !valid_bucket {
+                return Err(format!("{url:?}: {bucket:?} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)"));
+            }
+            let prefix = prefix.trim_matches('/').to_string();
+            if prefix.split('/').any(|s| s.starts_with('.')) || prefix.contains("//") {
+                return Err(format!("{url:?}: prefix must not contain empty or dot-segments"));
+            }
+            Ok(RepoLocation::S3 { bucket: bucket.to_string(), prefix })
+        } else if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!("{url:?}: a file:// URL needs an absolute path (file:///var/lib/pitr)"));
+            }
+            Ok(RepoLocation::Local(PathBuf::from(path)))
+        } else if url.contains("://") {
+            Err(format!("{url:?}: unsupported scheme (use a directory, file:///path or s3://bucket/prefix)"))
+        } else if url.is_empty() {
+            Err("the repository location is empty".into())
+        } else {
+            Ok(RepoLocation::Local(PathBuf::from(url)))
+        }
+    }
+}
+
+/// S3 client settings other than the location.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// Custom endpoint.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Path-style addressing.
+    pub path_style: bool,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The repository.
+    pub repo: RepoLocation,
+    /// The cluster's name in the repository.
+    pub cluster: String,
+    /// Compression.
+    pub compress: CompressOptions,
+    /// S3 settings.
+    pub s3: S3Options,
+    /// The data directory, when given.
+    pub pgdata: Option<PathBuf>,
+    /// Retries of repository requests.
+    pub retry: RetryPolicy,
+    /// The connection string from the file, if any.
+    pub dbname: Option<String>,
+}
+
+fn config_error(msg: impl std::fmt::Display) -> Failure {
+    Failure::msg(FailureKind::Config, msg)
+}
+
+/// Reads `pitr.toml` from `explicit` (which must exist) or the default path (if present).
+pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, Failure> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+        None => return Ok(FileConfig::default()),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| config_error(format!("cannot read configuration file {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| config_error(format!("configuration file {}: {}", path.display(), e.message().trim())))
+}
+
+impl Config {
+    /// Merges flags/env with the file and validates the result.
+    pub fn resolve(args: &RepoArgs) -> Result<Config, Failure> {
+        let file = load_file(args.config.as_deref())?;
+        let repo = args.repo.clone().or(file.repo).ok_or_else(|| {
+            config_error(
+                "no repository configured: pass --repo DIR|s3://bucket/prefix, set PITR_REPO, or set repo in pitr.toml",
+            )
+        })?;
+        let repo = RepoLocation::parse(&repo).map_err(|e| config_error(format!("invalid repository: {e}")))?;
+        let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "main".to_string());
+        if !valid_cluster_name(&cluster) {
+            return Err(config_error(format!("invalid cluster name {cluster:?}: use 1-64 of A-Z a-z 0-9 _ . -")));
+        }
+        let level = args.compress_level.or(file.compress_level).unwrap_or(3);
+        if !(-7..=22).contains(&level) || level == 0 {
+            return Err(config_error(format!(
+                "invalid compress-level {level}: use 1 to 19 (or -7 to -1 for faster, 20-22 for smaller)"
+            )));
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let workers = args.compress_threads.or(file.compress_threads).unwrap_or(if cores >= 2 { 2 } else { 0 });
+        if workers > 64 {
+            return Err(config_error(format!("invalid compress-threads {workers}: at most 64")));
+        }
+        let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
+        let path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some());
+        let s3 = S3Options { endpoint, region: args.s3_region.clone().or(file.s3_region), path_style };
+        let retries = args.retries.or(file.retries).unwrap_or(RetryPolicy::default().retries);
+        Ok(Config {
+            repo,
+            cluster,
+            compress: CompressOptions { level, workers },
+            s3,
+            pgdata: args.pgdata.clone().or(file.pgdata),
+            retry: RetryPolicy::with_retries(retries),
+            dbname: file.dbname,
+        })
+    }
+
+    /// Opens the configured backend.
+    pub async fn open_storage(&self) -> Result<Arc<dyn Storage>, Failure> {
+        match &self.repo {
+            RepoLocation::Local(path) => Ok(Arc::new(LocalStorage::open(path)?)),
+            RepoLocation::S3 { bucket, prefix } => {
+                let cfg = S3Config {
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    endpoint: self.s3.endpoint.clone(),
+                    region: self.s3.region.clone(),
+                    path_style: self.s3.path_style,
+                };
+                Ok(Arc::new(S3Storage::connect(cfg).await?))
+            }
+        }
+    }
+
+    /// Opens this cluster's part of the repository.
+    pub async fn open_repository(&self) -> Result<Repository, Failure> {
+        Ok(Repository::new(self.open_storage().await?, &self.cluster, self.retry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_urls() {
+        assert_eq!(RepoLocation::parse("/var/lib/pitr").unwrap(), RepoLocation::Local("/var/lib/pitr".into()));
+        assert_eq!(RepoLocation::parse("file:///x/y").unwrap(), RepoLocation::Local("/x/y".into()));
+        assert_eq!(
+            RepoLocation::parse("s3://my-bucket/a/b/").unwrap(),
+            RepoLocation::S3 { bucket: "my-bucket".into(), prefix: "a/b".into() }
+        );
+        assert_eq!(
+            RepoLocation::parse("s3://bkt").unwrap(),
+            RepoLocation::S3 { bucket: "bkt".into(), prefix: "".into() }
+        );
+        for bad in ["", "s3://", "s3://B_ad/x", "file://rel", "gs://x/y", "s3://bkt/a/../b/.x"] {
+            assert!(RepoLocation::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_fills_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"/from/file\"\ncluster = \"filecluster\"\ncompress-level = 9\n").unwrap();
+        let args = RepoArgs { config: Some(f.clone()), cluster: Some("flag".into()), ..Default::default() };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.repo, RepoLocation::Local("/from/file".into()));
+        assert_eq!(c.cluster, "flag");
+        assert_eq!(c.compress.level, 9);
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"/x\"\nrepository = \"typo\"\n").unwrap();
+        let e = Config::resolve(&RepoArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        assert!(e.to_string().contains("repository"), "{e}");
+        let e = Config::resolve(&RepoArgs { config: Some(dir.path().join("missing.toml")), ..Default::default() })
+            .unwrap_err();
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+        let e = Config::resolve(&RepoArgs { repo: Some("/x".into()), compress_level: Some(0), ..Default::default() })
+            .unwrap_err();
+        assert!(e.to_string().contains("compress-level"), "{e}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Exit codes, derived from error kinds in this one place.
+//!
+//! PostgreSQL reads them: for `archive_command` any non-zero status means "try again later"
+//! (above 125 it also restarts the archiver, so push stays below that). For
+//! `restore_command`, 1 means "this file does not exist" and ends or redirects recovery,
+//! while anything above 125 aborts recovery: so `get` reports every failure other than a
+//! certain absence as `200 + code` (see [`Failure::get_exit_code`]).
+
+use std::fmt;
+
+/// What went wrong, as far as the exit status is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The requested file is certainly not in the repository (`get`).
+    NotFound = 1,
+    /// Command-line usage error.
+    Usage = 2,
+    /// The input file is not what it claims to be (bad name, header, size, system id).
+    Invalid = 3,
+    /// The repository already holds different content under this name, or belongs to
+    /// another cluster.
+    Conflict = 4,
+    /// The repository could not be reached or answered with errors, after retries.
+    Storage = 5,
+    /// An object in the repository is damaged (digest, size or decompression failure).
+    Corrupt = 6,
+    /// The configuration is unusable (missing repository, bad URL, bad file).
+    Config = 7,
+    /// A local file could not be read or written.
+    LocalIo = 8,
+}
+
+impl FailureKind {
+    /// The exit status for this kind.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An error with the kind that decides the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    /// The kind.
+    pub kind: FailureKind,
+    /// The error chain, printed on one line.
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: FailureKind, error: impl Into<anyhow::Error>) -> Self {
+        Failure { kind, error: error.into() }
+    }
+
+    /// A failure of `kind` with a message.
+    pub fn msg(kind: FailureKind, message: impl fmt::Display) -> Self {
+        Failure { kind, error: anyhow::anyhow!("{message}") }
+    }
+
+    /// Exit status for commands other than `get`.
+    pub fn exit_code(&self) -> u8 {
+        self.kind.code()
+    }
+
+    /// Exit status for `get`: 1 only for a certain absence, `200 + code` otherwise, so that
+    /// PostgreSQL aborts recovery instead of ending it at the wrong point.
+    pub fn get_exit_code(&self) -> u8 {
+        match self.kind {
+            FailureKind::NotFound => 1,
+            k => 200 + k.code(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl From<crate::storage::StorageError> for Failure {
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError as E;
+        let kind = match &e {
+            E::NotFound { .. } => FailureKind::NotFound,
+            E::AlreadyExists { .. } => FailureKind::Conflict,
+            E::InvalidKey(_) => FailureKind::Invalid,
+            E::Io { .. } | E::Remote { .. } => FailureKind::Storage,
+            E::Config(_) => FailureKind::Config,
+        };
+        Failure::new(kind, e)
+    }
+}
+
+impl From<crate::codec::CodecError> for Failure {
+    fn from(e: crate::codec::CodecError) -> Self {
+        use crate::codec::CodecError as E;
+        let kind = match &e {
+            E::Io(_) => FailureKind::LocalIo,
+            _ => FailureKind::Corrupt,
+        };
+        Failure::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_never_says_missing_for_other_failures() {
+        for k in [
+            FailureKind::Usage,
+            FailureKind::Invalid,
+            FailureKind::Conflict,
+            FailureKind::Storage,
+            FailureKind::Corrupt,
+            FailureKind::Config,
+            FailureKind::LocalIo,
+        ] {
+            assert!(Failure::msg(k, "x").get_exit_code() > 125, "{k:?}");
+            assert!(Failure::msg(k, "x").exit_code() <= 125, "{k:?}");
+        }
+        assert_eq!(Failure::msg(FailureKind::NotFound, "x").get_exit_code(), 1);
+    }
+}

@@ -1,0 +1,14 @@
+//! What pitr's programs share: the PostgreSQL WAL vocabulary ([`lsn`], [`wal`]), the storage
+//! trait and its backends ([`storage`]), compression with digests ([`codec`]), the repository
+//! layout ([`repository`]), configuration ([`config`]), retries ([`retry`]), exit codes
+//! ([`exit`]) and logging setup ([`telemetry`]).
+
+pub mod codec;
+pub mod config;
+pub mod exit;
+pub mod lsn;
+pub mod repository;
+pub mod retry;
+pub mod storage;
+pub mod telemetry;
+pub mod wal;

@@ -1,0 +1,213 @@
+//! The repository's key layout and the cluster record, on top of any [`Storage`].
+//!
+//! ```text
+//! <cluster>/cluster.json                                  system id, major version, sizes
+//! <cluster>/wal/<TTTTTTTTXXXXXXXX>/<segment>.zst           segments, .partial and .backup files
+//! <cluster>/wal/<TTTTTTTT>.history.zst                    timeline history files
+//! ```
+//! (`<prefix>/` of an `s3://bucket/prefix` URL comes before all of it.) Every WAL object is
+//! in the [`codec`](crate::codec) format, so its raw size and digest are in its first
+//! [`HEADER_LEN`] bytes. Documented for operators in `docs/repository.md`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{ObjectHeader, HEADER_LEN};
+use crate::retry::{retry, RetryPolicy};
+use crate::storage::{read_all, Body, ObjectKey, PutMode, Storage, StorageError};
+use crate::wal::{PgMajor, SystemId, WalFileKind, WalFileName, WalSegmentSize};
+
+/// What the repository knows about the cluster whose WAL it holds; written once, by the
+/// first push, and checked by every later one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// `pg_control`'s system identifier, as a decimal string (it may exceed 2^53).
+    #[serde(with = "sysid_text")]
+    pub system_id: SystemId,
+    /// PostgreSQL major version.
+    pub pg_major: PgMajor,
+    /// WAL segment size in bytes.
+    pub segment_size: WalSegmentSize,
+    /// WAL block size in bytes.
+    pub block_size: u32,
+}
+
+mod sysid_text {
+    use super::SystemId;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &SystemId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.0.to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(SystemId).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A cluster's part of a repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    cluster: String,
+    retry: RetryPolicy,
+}
+
+/// Validates a cluster name: 1–64 of `[A-Za-z0-9_.-]`, not starting with a dot.
+pub fn valid_cluster_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+impl Repository {
+    /// The part of `storage` that belongs to `cluster`.
+    pub fn new(storage: Arc<dyn Storage>, cluster: &str, retry: RetryPolicy) -> Self {
+        Repository { storage, cluster: cluster.to_string(), retry }
+    }
+
+    /// The backend.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The cluster name.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The retry policy for calls on this repository.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    fn key(&self, rest: &str) -> ObjectKey {
+        ObjectKey::new(format!("{}/{rest}", self.cluster)).expect("cluster names and WAL names make valid keys")
+    }
+
+    /// Key of the cluster record.
+    pub fn cluster_info_key(&self) -> ObjectKey {
+        self.key("cluster.json")
+    }
+
+    /// Key of a WAL file.
+    pub fn wal_key(&self, name: &WalFileName) -> ObjectKey {
+        match name.kind {
+            WalFileKind::History => self.key(&format!("wal/{name}.zst")),
+            _ => self.key(&format!("wal/{}/{name}.zst", name.timeline_log_prefix())),
+        }
+    }
+
+    /// Prefix under which all WAL objects live.
+    pub fn wal_prefix(&self) -> String {
+        format!("{}/wal/", self.cluster)
+    }
+
+    /// The cluster record, if one was written.
+    pub async fn cluster_info(&self) -> Result<Option<ClusterInfo>, RepositoryError> {
+        let key = self.cluster_info_key();
+        match retry(self.retry, "read cluster record", || read_all(self.storage.as_ref(), &key)).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| RepositoryError::Corrupt(format!("{key} is unreadable: {e}"))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records `info` as the cluster's identity unless one is recorded already; returns the
+    /// record that is in force (which may differ from `info`: the caller must compare).
+    pub async fn register_cluster(&self, info: &ClusterInfo) -> Result<ClusterInfo, RepositoryError> {
+        let key = self.cluster_info_key();
+        let body = serde_json::to_vec_pretty(info).map_err(|e| RepositoryError::Corrupt(e.to_string()))?;
+        let put = retry(self.retry, "write cluster record", || {
+            self.storage.put(&key, Body::Bytes(body.clone().into()), PutMode::CreateNew)
+        })
+        .await;
+        match put {
+            Ok(()) => Ok(info.clone()),
+            Err(StorageError::AlreadyExists { .. }) => {
+                self.cluster_info().await?.ok_or_else(|| RepositoryError::Corrupt(format!("{key} vanished")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The header of a stored WAL file, or `None` when the exact key does not exist.
+    pub async fn wal_header(&self, name: &WalFileName) -> Result<Option<ObjectHeader>, RepositoryError> {
+        let key = self.wal_key(name);
+        match retry(self.retry, "read object header", || self.storage.read_range(&key, 0..HEADER_LEN as u64)).await {
+            Ok(b) => ObjectHeader::decode(&b).map(Some).map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}"))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Repository-level failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// The backend failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Something stored is damaged or not in pitr's format.
+    #[error("repository object is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<RepositoryError> for crate::exit::Failure {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::Storage(s) => s.into(),
+            e @ RepositoryError::Corrupt(_) => crate::exit::Failure::new(crate::exit::FailureKind::Corrupt, e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+    use crate::wal::TimelineId;
+
+    fn repo() -> Repository {
+        Repository::new(Arc::new(MemoryStorage::new()), "main", RetryPolicy::with_retries(0))
+    }
+
+    #[test]
+    fn key_layout() {
+        let r = repo();
+        let seg = WalFileName::parse("000000010000000A000000FF").unwrap();
+        assert_eq!(r.wal_key(&seg).as_str(), "main/wal/000000010000000A/000000010000000A000000FF.zst");
+        let p = seg.with_kind(WalFileKind::Partial);
+        assert_eq!(r.wal_key(&p).as_str(), "main/wal/000000010000000A/000000010000000A000000FF.partial.zst");
+        let h = WalFileName::history(TimelineId(2));
+        assert_eq!(r.wal_key(&h).as_str(), "main/wal/00000002.history.zst");
+        assert_eq!(r.cluster_info_key().as_str(), "main/cluster.json");
+    }
+
+    #[tokio::test]
+    async fn first_registration_wins() {
+        let r = repo();
+        assert_eq!(r.cluster_info().await.unwrap(), None);
+        let a = ClusterInfo {
+            system_id: SystemId(u64::MAX - 1),
+            pg_major: PgMajor::from_magic(0xD110).unwrap(),
+            segment_size: WalSegmentSize::DEFAULT,
+            block_size: 8192,
+        };
+        let b = ClusterInfo { system_id: SystemId(7), ..a.clone() };
+        assert_eq!(r.register_cluster(&a).await.unwrap(), a);
+        assert_eq!(r.register_cluster(&b).await.unwrap(), a, "second registration returns the first");
+        assert_eq!(r.cluster_info().await.unwrap(), Some(a));
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert!(valid_cluster_name("main"));
+        assert!(valid_cluster_name("db-1.prod_eu"));
+        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_cluster_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The embedded default backend: objects as plain files under a directory.
+//!
+//! Writes are crash-safe: content goes to a temporary file in `<root>/.pitr-tmp`, which is
+//! fsynced, then linked (create-if-absent: `link(2)` fails with `EEXIST`, so an existing
+//! object is never replaced, even by a racing writer) or renamed (overwrite) to its final
+//! name, and the directory is fsynced so the new name survives a power loss. Newly created
+//! directories are fsynced into their parents the same way.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Body, ObjectInfo, ObjectKey, ObjectReader, PutMode, Storage, StorageError};
+
+const SCRATCH: &str = ".pitr-tmp";
+
+/// A repository in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique temporary path inside `dir`.
+pub fn temp_path(dir: &Path, hint: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    dir.join(format!("{hint}.{}.{n}.{nanos}.tmp", std::process::id()))
+}
+
+/// fsyncs a directory so that entries created or renamed in it are durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, fsyncing each new entry into its parent.
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+impl LocalStorage {
+    /// Opens (and creates, if missing) a repository rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        let root = root.into();
+        create_dir_all_durable(&root.join(SCRATCH)).map_err(|e| {
+            StorageError::Config(format!(
+                "cannot use {} as a repository: {e} (create it, or fix its permissions for this user)",
+                root.display()
+            ))
+        })?;
+        Ok(LocalStorage { root })
+    }
+
+    /// The repository directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    fn not_found_or(key: &ObjectKey, op: &'static str, path: &Path, e: io::Error) -> StorageError {
+        if e.kind() == io::ErrorKind::NotFound {
+            StorageError::NotFound { key: key.to_string() }
+        } else {
+            StorageError::io(op, path, e)
+        }
+    }
+
+    /// Puts a durable temporary file in the scratch directory holding the body.
+    fn stage(&self, body: Body) -> Result<(PathBuf, bool), StorageError> {
+        let scratch = self.root.join(SCRATCH);
+        match body {
+            Body::File(p) if p.parent() == Some(scratch.as_path()) => {
+                let f = File::open(&p).map_err(|e| StorageError::io("open", &p, e))?;
+                f.sync_all().map_err(|e| StorageError::io("fsync", &p, e))?;
+                Ok((p, false))
+            }
+            body => {
+                let tmp = temp_path(&scratch, "put");
+                let res = (|| {
+                    let mut out = File::create(&tmp)?;
+                    match body {
+                        Body::Bytes(b) => out.write_all(&b)?,
+                        Body::File(p) => {
+                            io::copy(&mut File::open(p)?, &mut out)?;
+                        }
+                    }
+                    out.sync_all()
+                })();
+                if let Err(e) = res {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(StorageError::io("write", &tmp, e));
+                }
+                Ok((tmp, true))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn put(&self, key: &ObjectKey, body: Body, mode: PutMode) -> Result<(), StorageError> {
+        let dest = self.path(key);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        if mode == PutMode::CreateNew && dest.symlink_metadata().is_ok() {
+            return Err(StorageError::AlreadyExists { key: key.to_string() });
+        }
+        let (tmp, owned) = self.stage(body)?;
+        let result = (|| {
+            create_dir_all_durable(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+            match mode {
+                PutMode::CreateNew => fs::hard_link(&tmp, &dest).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        StorageError::AlreadyExists { key: key.to_string() }
+                    } else {
+                        StorageError::io("link", &dest, e)
+                    }
+                })?,
+                PutMode::Overwrite => {
+                    if owned {
+                        fs::rename(&tmp, &dest).map_err(|e| StorageError::io("rename", &dest, e))?;
+                    } else {
+                        let t2 = temp_path(&self.root.join(SCRATCH), "put");
+                        fs::hard_link(&tmp, &t2).map_err(|e| StorageError::io("link", &t2, e))?;
+                        fs::rename(&t2, &dest).map_err(|e| StorageError::io("rename", &dest, e))?;
+                    }
+                }
+            }
+            fsync_dir(&dir).map_err(|e| StorageError::io("fsync directory", &dir, e))
+        })();
+        if owned {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<ObjectReader, StorageError> {
+        let p = self.path(key);
+        let f = File::open(&p).map_err(|e| Self::not_found_or(key, "open", &p, e))?;
+        if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(StorageError::NotFound { key: key.to_string() });
+        }
+        Ok(ObjectReader::File(f))
+    }
+
+    async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let p = self.path(key);
+        let mut f = File::open(&p).map_err(|e| Self::not_found_or(key, "open", &p, e))?;
+        let len = f.metadata().map_err(|e| StorageError::io("stat", &p, e))?.len();
+        if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(StorageError::NotFound { key: key.to_string() });
+        }
+        let start = range.start.min(len);
+        let end = range.end.min(len).max(start);
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.seek(SeekFrom::Start(start)).map_err(|e| StorageError::io("seek", &p, e))?;
+        f.read_exact(&mut buf).map_err(|e| StorageError::io("read", &p, e))?;
+        Ok(buf.into())
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError> {
+        let p = self.path(key);
+        let m = fs::metadata(&p).map_err(|e| Self::not_found_or(key, "stat", &p, e))?;
+        if !m.is_file() {
+            return Err(StorageError::NotFound { key: key.to_string() });
+        }
+        Ok(ObjectInfo { key: key.clone(), size: m.len() })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        // Walk only the deepest directory that the prefix names completely.
+        let base = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![base];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io("list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io("list", &dir, e))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                let ft = entry.file_type().map_err(|e| StorageError::io("stat", &path, e))?;
+                if ft.is_dir() {
+                    if prefix.starts_with(&format!("{rel}/")) || rel.starts_with(prefix) {
+                        stack.push(path);
+                    }
+                } else if ft.is_file() && rel.starts_with(prefix) {
+                    let size = entry.metadata().map_err(|e| StorageError::io("stat", &path, e))?.len();
+                    out.push(ObjectInfo { key: ObjectKey(rel), size });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => {
+                let dir = p.parent().unwrap_or(&self.root);
+                fsync_dir(dir).map_err(|e| StorageError::io("fsync directory", dir, e))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("remove", &p, e)),
+        }
+    }
+
+    fn scratch_dir(&self) -> Option<PathBuf> {
+        Some(self.root.join(SCRATCH))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path().join("repo")).unwrap();
+        crate::storage::conformance::run_all(&s, "conf").await;
+    }
+
+    #[tokio::test]
+    async fn scratch_files_are_linked_not_copied_and_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let tmp = temp_path(&s.scratch_dir().unwrap(), "t");
+        fs::write(&tmp, b"hello").unwrap();
+        let key = ObjectKey::new("a/b").unwrap();
+        s.put(&key, Body::File(tmp.clone()), PutMode::CreateNew).await.unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&tmp).unwrap().ino(), fs::metadata(dir.path().join("a/b")).unwrap().ino());
+        assert_eq!(s.list("").await.unwrap().len(), 1, "scratch directory never listed");
+        assert_eq!(fs::read(&tmp).unwrap(), b"hello", "caller's file left in place");
+    }
+
+    #[tokio::test]
+    async fn unusable_root_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"").unwrap();
+        assert!(matches!(LocalStorage::open(file.join("repo")), Err(StorageError::Config(_))));
+    }
+}

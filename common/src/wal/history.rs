@@ -1,0 +1,92 @@
+//! Timeline history files (`NNNNNNNN.history`): which parent timeline each timeline forked
+//! from, and at which LSN.
+//!
+//! Format (`timeline.c: readTimeLineHistory`): one line per ancestor, oldest first,
+//! `parentTLI<TAB>switchpoint<TAB>reason`; blank lines and `#` comments are ignored. The parent
+//! is valid for LSNs below the switch point; the child starts exactly at it.
+
+use super::TimelineId;
+use crate::lsn::Lsn;
+
+/// One ancestor line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The parent timeline.
+    pub parent: TimelineId,
+    /// Where the child forked from the parent.
+    pub switch_point: Lsn,
+    /// Free text (e.g. `no recovery target specified`).
+    pub reason: String,
+}
+
+/// A history file that PostgreSQL would not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid timeline history, line {line}: {message}")]
+pub struct HistoryError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses the content of the history file of `timeline`.
+pub fn parse(timeline: TimelineId, content: &[u8]) -> Result<Vec<HistoryEntry>, HistoryError> {
+    let text = std::str::from_utf8(content).map_err(|_| HistoryError { line: 0, message: "not text".into() })?;
+    let mut out: Vec<HistoryEntry> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let err = |message: String| HistoryError { line: i + 1, message };
+        let line = raw.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.splitn(3, |c: char| c == '\t' || c == ' ');
+        let parent: u32 =
+            fields.next().unwrap_or("").parse().map_err(|_| err(format!("bad timeline id in {raw:?}")))?;
+        let switch_point: Lsn =
+            fields.next().unwrap_or("").trim().parse().map_err(|_| err(format!("bad switch point in {raw:?}")))?;
+        let reason = fields.next().unwrap_or("").trim().to_string();
+        if let Some(prev) = out.last() {
+            if parent <= prev.parent.0 || switch_point < prev.switch_point {
+                return Err(err("timeline ids and switch points must increase".into()));
+            }
+        }
+        if parent == 0 || parent >= timeline.0 {
+            return Err(err(format!("parent timeline {parent} is not below timeline {timeline}")));
+        }
+        out.push(HistoryEntry { parent: TimelineId(parent), switch_point, reason });
+    }
+    if out.is_empty() {
+        return Err(HistoryError { line: 0, message: "no ancestor lines".into() });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_real_files() {
+        let h = parse(TimelineId(2), b"1\t0/401D108\tbefore 2026-11-22 03:56:35.301525+00\n\n").unwrap();
+        assert_eq!(
+            h,
+            vec![HistoryEntry {
+                parent: TimelineId(1),
+                switch_point: "0/401D108".parse().unwrap(),
+                reason: "before 2026-11-22 03:56:35.301525+00".into()
+            }]
+        );
+        let h =
+            parse(TimelineId(3), b"# comment\n1\t0/3000000\tno recovery target specified\n2\t0/5000A00\tx\n").unwrap();
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(parse(TimelineId(2), b"").is_err());
+        assert!(parse(TimelineId(2), b"hello\n").is_err());
+        assert!(parse(TimelineId(2), b"2\t0/1\tself\n").is_err());
+        assert!(parse(TimelineId(3), b"1\t0/5\ta\n2\t0/4\tb\n").is_err());
+        assert!(parse(TimelineId(2), &[0xff, 0xfe]).is_err());
+    }
+}
