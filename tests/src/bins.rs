@@ -1,0 +1,69 @@
+//! Finding and running the project's binaries from an integration test, the way PostgreSQL
+//! or an operator would run them: as separate processes with flags and environment.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Path of a workspace binary (built next to the test executable by `cargo nextest run
+/// --workspace` / `cargo test --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace` (or scripts/test.sh) first", p.display());
+    p
+}
+
+/// The result of running a binary.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed: {self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts the exit code and that stderr is exactly one line naming `needle`.
+    pub fn fails_with(&self, code: i32, needle: &str) {
+        assert_eq!(self.code, code, "wrong exit code: {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got: {:?}", self.stderr);
+        assert!(lines[0].contains(needle), "error line {:?} does not mention {needle:?}", lines[0]);
+    }
+}
+
+/// A command for `wal-archiver` with a clean environment (no stray PITR_* from the caller).
+pub fn wal_archiver() -> Command {
+    let mut c = Command::new(bin("wal-archiver"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
+            c.env_remove(k);
+        }
+    }
+    c.env("PITR_RETRIES", "1");
+    c
+}
+
+/// Runs a command to completion.
+pub fn run(mut c: Command) -> Run {
+    c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}")).into()
+}

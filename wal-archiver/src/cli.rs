@@ -1,0 +1,79 @@
+//! The raw command-line layer (clap derive); validated into `common::config::Config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use common::config::RepoArgs;
+
+const AFTER_HELP: &str = "\
+PostgreSQL settings:
+  archive_command = '/usr/local/bin/wal-archiver push %p'
+  restore_command = '/usr/local/bin/wal-archiver get %f %p'
+(with the repository set in /etc/pitr/pitr.toml, PITR_REPO in the server's environment, or
+--repo in the command itself).
+
+Exit status: 0 success; 1 (get) the file is not in the repository; 2 usage error; 3 invalid
+WAL file; 4 conflict: different content already archived or another cluster's WAL; 5
+repository unreachable or failing after retries; 6 damaged object in the repository; 7 bad
+configuration; 8 local file error. get reports every failure except 1 as 200 + code (e.g.
+205), so that PostgreSQL aborts recovery instead of ending it early. See docs/exit-codes.md.";
+
+/// Archive PostgreSQL WAL into a pitr repository and fetch it back.
+#[derive(Debug, Parser)]
+#[command(name = "wal-archiver", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Log what is being done (to stderr); PITR_LOG=debug for more.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// Repository and cluster settings.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive one WAL file (archive_command = 'wal-archiver push %p').
+    ///
+    /// Validates the file (name, page header magic, system identifier against the
+    /// repository's cluster, segment size, first page address), stores it compressed with
+    /// its size and BLAKE3 digest, and exits 0 only once it is durable. Pushing a file that
+    /// is already archived with identical content succeeds; different content fails and
+    /// overwrites nothing.
+    Push {
+        /// Path of the WAL file (%p; relative paths are relative to the current directory,
+        /// which is the data directory when PostgreSQL runs the command).
+        path: PathBuf,
+    },
+    /// Fetch one WAL file (restore_command = 'wal-archiver get %f %p').
+    ///
+    /// Writes the original bytes to PATH (through a temporary file and a rename), after
+    /// verifying size and digest. Exit 1 only when the file is certainly not in the
+    /// repository; any other failure is retried, then exits 200 + code.
+    Get {
+        /// WAL file name (%f), e.g. 000000010000000000000003 or 00000002.history.
+        name: String,
+        /// Where to write it (%p).
+        path: PathBuf,
+    },
+    /// List the archived WAL files of the cluster.
+    List {
+        /// One JSON object per file instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// The subcommand's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Push { .. } => "push",
+            Command::Get { .. } => "get",
+            Command::List { .. } => "list",
+        }
+    }
+}

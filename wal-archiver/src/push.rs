@@ -1,0 +1,227 @@
+//! `push`: PostgreSQL's archive_command.
+//!
+//! Contract: exit 0 only once the file is durably in the repository; validate before storing
+//! (name, page magic, system identifier against the repository's cluster record, segment
+//! size, first page address, timeline); never overwrite: an identical re-push succeeds, a
+//! different content fails. The file is read once: validation reads the first page, then
+//! compression and the digest consume the rest in the same pass.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use common::codec::{self, ObjectHeader};
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+use common::repository::{ClusterInfo, Repository};
+use common::retry::retry;
+use common::storage::local::temp_path;
+use common::storage::{Body, PutMode, StorageError};
+use common::wal::page_header::LONG_HEADER_SIZE;
+use common::wal::{history, LongPageHeader, WalFileKind, WalFileName};
+
+/// What a successful push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file was stored.
+    Stored,
+    /// An identical copy was already archived.
+    AlreadyArchived,
+}
+
+/// History and backup files are small text files; anything larger is not one.
+const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// Removes a temporary file when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn invalid(name: &str, msg: impl std::fmt::Display) -> Failure {
+    Failure::msg(FailureKind::Invalid, format!("{name}: {msg}; nothing was archived"))
+}
+
+/// Archives the WAL file at `path`.
+pub async fn push(config: &Config, path: &Path) -> Result<PushOutcome, Failure> {
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name = WalFileName::parse(file_name).map_err(|e| invalid(&path.display().to_string(), e))?;
+    let mut file = File::open(path)
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot open {}: {e}", path.display())))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot stat {}: {e}", path.display())))?
+        .len();
+    let repo = config.open_repository().await?;
+
+    let mut prefix = Vec::new();
+    match name.kind {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            prefix.resize(LONG_HEADER_SIZE, 0);
+            let n = codec::read_full(&mut file, &mut prefix).map_err(|e| read_error(path, e))?;
+            prefix.truncate(n);
+            validate_segment(&repo, &name, &prefix, size).await?;
+        }
+        WalFileKind::History | WalFileKind::Backup => {
+            if size > MAX_SMALL_FILE {
+                return Err(invalid(file_name, format!("{size} bytes is too large for a {:?} file", name.kind)));
+            }
+            file.read_to_end(&mut prefix).map_err(|e| read_error(path, e))?;
+            if name.kind == WalFileKind::History {
+                history::parse(name.timeline, &prefix).map_err(|e| invalid(file_name, e))?;
+            } else if !prefix.starts_with(b"START WAL LOCATION:") {
+                return Err(invalid(file_name, "not a backup history file (no START WAL LOCATION line)"));
+            }
+        }
+    }
+
+    // Already archived? Decide by the digest of the uncompressed content.
+    if let Some(existing) = repo.wal_header(&name).await? {
+        return compare_existing(&name, &existing, path);
+    }
+
+    let scratch = repo.storage().scratch_dir().unwrap_or_else(std::env::temp_dir);
+    let tmp = TempFile(temp_path(&scratch, file_name));
+    let mut out = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp.0)
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp.0.display())))?;
+    let header = codec::compress(&prefix, &mut file, &mut out, file_name, Some(size), config.compress)?;
+    if header.raw_size != size {
+        return Err(Failure::msg(
+            FailureKind::LocalIo,
+            format!("{} changed while being archived ({size} bytes, then {})", path.display(), header.raw_size),
+        ));
+    }
+    drop(out);
+
+    let key = repo.wal_key(&name);
+    let put = retry(repo.retry_policy(), "store WAL file", || {
+        repo.storage().put(&key, Body::File(tmp.0.clone()), PutMode::CreateNew)
+    })
+    .await;
+    match put {
+        Ok(()) => Ok(PushOutcome::Stored),
+        // Someone stored it between our check and our write: judge their copy.
+        Err(StorageError::AlreadyExists { .. }) => match repo.wal_header(&name).await? {
+            Some(existing) if existing.blake3 == header.blake3 && existing.raw_size == header.raw_size => {
+                Ok(PushOutcome::AlreadyArchived)
+            }
+            Some(existing) => Err(conflict(&name, &existing, header.raw_size, &header.blake3)),
+            None => Err(Failure::msg(FailureKind::Storage, format!("{key} exists but cannot be read"))),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> Failure {
+    Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", path.display()))
+}
+
+/// Checks a segment's first page against its name and the repository's cluster record,
+/// recording the cluster on the first push.
+async fn validate_segment(repo: &Repository, name: &WalFileName, first: &[u8], size: u64) -> Result<(), Failure> {
+    let n = name.to_string();
+    let header = LongPageHeader::parse(first).map_err(|e| invalid(&n, e))?;
+    let found = ClusterInfo {
+        system_id: header.system_id,
+        pg_major: header.major,
+        segment_size: header.segment_size,
+        block_size: header.block_size,
+    };
+    let cluster = match repo.cluster_info().await? {
+        Some(c) => c,
+        None => repo.register_cluster(&found).await?,
+    };
+    if cluster.system_id != header.system_id {
+        return Err(Failure::msg(
+            FailureKind::Conflict,
+            format!(
+                "{n}: belongs to database system {}, but cluster {:?} in this repository is system {}: \
+                 two clusters must not share one cluster name (set --cluster); nothing was archived",
+                header.system_id,
+                repo.cluster(),
+                cluster.system_id
+            ),
+        ));
+    }
+    if cluster.pg_major != header.major {
+        return Err(Failure::msg(
+            FailureKind::Conflict,
+            format!(
+                "{n}: is PostgreSQL {} WAL, but cluster {:?} in this repository is PostgreSQL {} \
+                 (after a major upgrade, archive under a new --cluster); nothing was archived",
+                header.major,
+                repo.cluster(),
+                cluster.pg_major
+            ),
+        ));
+    }
+    if header.segment_size != cluster.segment_size || header.block_size != cluster.block_size {
+        return Err(invalid(
+            &n,
+            format!(
+                "page header says {} segments of {}-byte blocks, the repository's cluster has {} and {}",
+                header.segment_size, header.block_size, cluster.segment_size, cluster.block_size
+            ),
+        ));
+    }
+    if size != cluster.segment_size.bytes() {
+        return Err(invalid(
+            &n,
+            format!(
+                "file is {size} bytes but WAL segments of this cluster are {} bytes (truncated or damaged file)",
+                cluster.segment_size.bytes()
+            ),
+        ));
+    }
+    let start = name.start_lsn(cluster.segment_size).map_err(|e| invalid(&n, e))?.unwrap_or_default();
+    if header.page_address != start {
+        return Err(invalid(
+            &n,
+            format!(
+                "first page is for WAL position {} but the file name says {start} (misnamed or recycled file)",
+                header.page_address
+            ),
+        ));
+    }
+    if header.timeline > name.timeline {
+        return Err(invalid(
+            &n,
+            format!(
+                "first page is from timeline {}, after the file name's timeline {}",
+                header.timeline, name.timeline
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn compare_existing(name: &WalFileName, existing: &ObjectHeader, path: &Path) -> Result<PushOutcome, Failure> {
+    let mut f = File::open(path).map_err(|e| read_error(path, e))?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| read_error(path, e))?;
+    let (size, digest) = codec::digest(&mut f).map_err(|e| read_error(path, e))?;
+    if size == existing.raw_size && digest == existing.blake3 {
+        tracing::warn!(file = %name, "already archived with identical content; nothing to do");
+        Ok(PushOutcome::AlreadyArchived)
+    } else {
+        Err(conflict(name, existing, size, &digest))
+    }
+}
+
+fn conflict(name: &WalFileName, existing: &ObjectHeader, size: u64, digest: &str) -> Failure {
+    Failure::msg(
+        FailureKind::Conflict,
+        format!(
+            "{name}: already archived with different content (archived {} bytes, blake3 {:.16}; this file {size} \
+             bytes, blake3 {digest:.16}); refusing to overwrite: this means split brain, two servers archiving as \
+             one cluster, or corruption",
+            existing.raw_size, existing.blake3
+        ),
+    )
+}
