@@ -1,1 +1,7 @@
+//! Fixtures for the end-to-end tests: real PostgreSQL clusters ([`pg`]), real S3-compatible
+//! servers ([`s3`]) and the project's binaries run as processes ([`bins`]).
 
+pub mod bins;
+pub mod pg;
+pub mod repo;
+pub mod s3;
