@@ -45,9 +45,13 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() && attempt < policy.retries => {
                 attempt += 1;
-                tracing::warn!(error = %e, attempt, retries = policy.retries, "{what} failed, retrying in {delay:?}");
+                tracing::info!(error = %e, attempt, retries = policy.retries, "{what} failed, retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(policy.max_delay);
+            }
+            Err(StorageError::Remote { op, key, message, retryable: true }) if attempt > 0 => {
+                let message = format!("{message} (gave up after {} attempts)", attempt + 1);
+                return Err(StorageError::Remote { op, key, message, retryable: true });
             }
             Err(e) => return Err(e),
         }

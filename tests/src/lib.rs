@@ -2,6 +2,8 @@
 //! servers ([`s3`]) and the project's binaries run as processes ([`bins`]).
 
 pub mod bins;
+pub mod fake_s3;
 pub mod pg;
 pub mod repo;
 pub mod s3;
+pub mod wal;
