@@ -215,10 +215,12 @@ impl Config {
         })
     }
 
-    /// Opens the configured backend.
-    pub async fn open_storage(&self) -> Result<Arc<dyn Storage>, Failure> {
+    /// Opens the configured backend; `create` makes a missing local repository directory
+    /// (for writers), otherwise a missing directory is a configuration error.
+    pub async fn open_storage(&self, create: bool) -> Result<Arc<dyn Storage>, Failure> {
         match &self.repo {
-            RepoLocation::Local(path) => Ok(Arc::new(LocalStorage::open(path)?)),
+            RepoLocation::Local(path) if create => Ok(Arc::new(LocalStorage::open(path)?)),
+            RepoLocation::Local(path) => Ok(Arc::new(LocalStorage::open_existing(path)?)),
             RepoLocation::S3 { bucket, prefix } => {
                 let cfg = S3Config {
                     bucket: bucket.clone(),
@@ -232,9 +234,9 @@ impl Config {
         }
     }
 
-    /// Opens this cluster's part of the repository.
-    pub async fn open_repository(&self) -> Result<Repository, Failure> {
-        Ok(Repository::new(self.open_storage().await?, &self.cluster, self.retry))
+    /// Opens this cluster's part of the repository (see [`Config::open_storage`]).
+    pub async fn open_repository(&self, create: bool) -> Result<Repository, Failure> {
+        Ok(Repository::new(self.open_storage(create).await?, &self.cluster, self.retry))
     }
 }
 

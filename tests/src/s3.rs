@@ -41,6 +41,7 @@ pub struct S3Server {
 }
 
 static MOTO: OnceLock<S3Server> = OnceLock::new();
+static SERVERS: std::sync::Mutex<Vec<Child>> = std::sync::Mutex::new(Vec::new());
 static S3S: OnceLock<S3Server> = OnceLock::new();
 
 /// The moto server for this test process.
@@ -191,6 +192,8 @@ fn start_owned_server(name: &str, command: impl Fn(u16) -> Command) -> u16 {
         loop {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // Kept (never waited for) until the process ends and the kernel kills it.
+                SERVERS.lock().unwrap().push(child);
                 return port;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -199,6 +202,7 @@ fn start_owned_server(name: &str, command: impl Fn(u16) -> Command) -> u16 {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("{name} did not start listening on port {port} within 30 s; log: {}", log_path.display());
             }
             std::thread::sleep(Duration::from_millis(20));

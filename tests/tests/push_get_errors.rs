@@ -98,6 +98,11 @@ fn push_refusals(repo: &TestRepo) {
     assert!(!dest.exists());
     get(repo, &name, &dest).ok();
     assert_eq!(std::fs::read(&dest).unwrap(), data, "get returns the original bytes");
+
+    // A mistyped cluster name must abort recovery (207), not answer "missing" (1).
+    let mut c = repo.wal_archiver();
+    c.args(["get", "--cluster", "mian", &name]).arg(pg_wal.path().join("x"));
+    run(c).fails_with(207, "holds no cluster \"mian\"");
 }
 
 #[test]
@@ -232,6 +237,12 @@ fn unusable_configuration() {
     let mut c = pitr_tests::bins::wal_archiver();
     c.arg("push").arg(&p);
     run(c).fails_with(7, "no repository configured");
+    // A mistyped repository directory is not an empty repository: get aborts recovery.
+    let typo = dir.path().join("no-such-repo");
+    let mut c = pitr_tests::bins::wal_archiver();
+    c.args(["get", "--repo", typo.to_str().unwrap(), &name]).arg(dir.path().join("o"));
+    run(c).fails_with(207, "cannot open repository");
+    assert!(!typo.exists(), "get created nothing");
     // A broken restore_command invocation must abort recovery, not look like "missing".
     let mut c = pitr_tests::bins::wal_archiver();
     c.args(["get", "--repo", "/tmp/x", "--no-such-flag"]);

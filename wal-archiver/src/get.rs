@@ -31,18 +31,13 @@ impl Drop for Partial {
 /// Fetches WAL file `name` into `dest`.
 pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure> {
     let wal = WalFileName::parse(name).map_err(|e| Failure::msg(FailureKind::Invalid, e))?;
-    let repo = config.open_repository().await?;
+    let repo = config.open_repository(false).await?;
     let key = repo.wal_key(&wal);
-    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(&key)).await.map_err(|e| {
-        if e.is_not_found() {
-            Failure::msg(
-                FailureKind::NotFound,
-                format!("{name} is not in the repository (cluster {:?})", repo.cluster()),
-            )
-        } else {
-            e.into()
-        }
-    })?;
+    let reader = match retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(&key)).await {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => return Err(absent(&repo, name).await),
+        Err(e) => return Err(e.into()),
+    };
 
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -84,4 +79,25 @@ pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure
     tmp.0 = None;
     tracing::info!(file = name, bytes = header.raw_size, "restored");
     Ok(())
+}
+
+/// The file is missing: "not found" is only certain if the repository really holds this
+/// cluster. A mistyped `--cluster` or an empty repository is a configuration error, so that
+/// PostgreSQL aborts recovery instead of ending it early.
+async fn absent(repo: &common::repository::Repository, name: &str) -> Failure {
+    match repo.cluster_info().await {
+        Ok(Some(_)) => Failure::msg(
+            FailureKind::NotFound,
+            format!("{name} is not in the repository (cluster {:?})", repo.cluster()),
+        ),
+        Ok(None) => Failure::msg(
+            FailureKind::Config,
+            format!(
+                "the repository holds no cluster {:?} (no {}): check --repo and --cluster",
+                repo.cluster(),
+                repo.cluster_info_key()
+            ),
+        ),
+        Err(e) => e.into(),
+    }
 }

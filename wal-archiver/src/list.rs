@@ -6,7 +6,7 @@ use common::retry::retry;
 
 /// Prints every WAL object of the cluster: name and stored size, as a table or JSON lines.
 pub async fn list(config: &Config, json: bool) -> Result<(), Failure> {
-    let repo = config.open_repository().await?;
+    let repo = config.open_repository(false).await?;
     let prefix = repo.wal_prefix();
     let objects = retry(repo.retry_policy(), "list WAL", || repo.storage().list(&prefix)).await?;
     let mut total = 0u64;

@@ -55,7 +55,7 @@ pub async fn push(config: &Config, path: &Path) -> Result<PushOutcome, Failure> 
         .metadata()
         .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot stat {}: {e}", path.display())))?
         .len();
-    let repo = config.open_repository().await?;
+    let repo = config.open_repository(true).await?;
 
     let mut prefix = Vec::new();
     match name.kind {

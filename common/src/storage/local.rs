@@ -72,6 +72,17 @@ impl LocalStorage {
         Ok(LocalStorage { root })
     }
 
+    /// Opens an existing repository for reading: a missing directory is a configuration
+    /// error, never an empty repository (a mistyped path must not look like "no such WAL").
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(LocalStorage { root }),
+            Ok(_) => Err(StorageError::Config(format!("repository {} is not a directory", root.display()))),
+            Err(e) => Err(StorageError::Config(format!("cannot open repository {}: {e}", root.display()))),
+        }
+    }
+
     /// The repository directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -92,6 +103,7 @@ impl LocalStorage {
     /// Puts a durable temporary file in the scratch directory holding the body.
     fn stage(&self, body: Body) -> Result<(PathBuf, bool), StorageError> {
         let scratch = self.root.join(SCRATCH);
+        create_dir_all_durable(&scratch).map_err(|e| StorageError::io("create directory", &scratch, e))?;
         match body {
             Body::File(p) if p.parent() == Some(scratch.as_path()) => {
                 let f = File::open(&p).map_err(|e| StorageError::io("open", &p, e))?;
@@ -268,6 +280,14 @@ mod tests {
         assert_eq!(fs::metadata(&tmp).unwrap().ino(), fs::metadata(dir.path().join("a/b")).unwrap().ino());
         assert_eq!(s.list("").await.unwrap().len(), 1, "scratch directory never listed");
         assert_eq!(fs::read(&tmp).unwrap(), b"hello", "caller's file left in place");
+    }
+
+    #[tokio::test]
+    async fn reading_a_missing_repository_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(LocalStorage::open_existing(dir.path().join("typo")), Err(StorageError::Config(_))));
+        assert!(!dir.path().join("typo").exists(), "nothing created");
+        assert!(LocalStorage::open_existing(dir.path()).is_ok());
     }
 
     #[tokio::test]

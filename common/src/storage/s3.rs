@@ -213,20 +213,17 @@ impl S3Storage {
     }
 
     /// Makes sure a 404 really is about the object: the first time, checks that the bucket
-    /// exists (a HEAD on a missing bucket also answers a bare 404).
-    async fn check_bucket(&self, full_key: &str) -> Result<(), StorageError> {
+    /// exists (a HEAD on a missing bucket also answers a bare 404, and some servers answer a
+    /// GET in a missing bucket with NoSuchKey).
+    async fn check_bucket(&self, full_key: &str) -> Result<(), Failure> {
         if self.bucket_seen.load(Ordering::Relaxed) {
             return Ok(());
         }
         // A listing answers with an error body (NoSuchBucket, AccessDenied) where HEAD cannot.
         let req = self.client.list_objects_v2().bucket(&self.config.bucket).prefix(full_key).max_keys(1).send();
-        match call(self.options.operation_timeout, req).await {
-            Ok(_) => {
-                self.bucket_seen.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(f) => Err(self.remote_bucket("check bucket", f)),
-        }
+        call(self.options.operation_timeout, req).await?;
+        self.bucket_seen.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -269,11 +266,11 @@ impl S3Storage {
         e
     }
 
-    /// A 404 from HEAD/GET: `NotFound` if the bucket exists, else the bucket's error.
-    async fn not_found(&self, key: &ObjectKey, full_key: &str) -> StorageError {
+    /// A 404 from `op` on `key`: `NotFound` if the bucket exists, else the bucket's error.
+    async fn not_found(&self, op: &'static str, key: &ObjectKey, full_key: &str) -> StorageError {
         match self.check_bucket(full_key).await {
             Ok(()) => StorageError::NotFound { key: key.to_string() },
-            Err(e) => e,
+            Err(f) => self.remote(op, full_key, f),
         }
     }
 
@@ -369,19 +366,23 @@ where
             Failure { status, code, message, retryable, dispatch: false }
         }
         SdkError::DispatchFailure(d) => {
+            // The request was never answered; the chain says why, minus the SDK's own label.
             let chain = error_chain(err);
+            let chain = chain.strip_prefix("dispatch failure: ").unwrap_or(&chain);
+            let chain = chain.strip_prefix("other: ").unwrap_or(chain).to_string();
+            if d.is_other() && d.as_other().is_none() && chain.to_ascii_lowercase().contains("credential") {
+                // Loading credentials failed: a setup problem, not a transient one.
+                let message = format!(
+                    "no usable AWS credentials ({chain}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or an AWS profile"
+                );
+                return Failure { status, code: None, message, retryable: false, dispatch: false };
+            }
             let retryable = if d.is_io() || d.is_timeout() {
                 true
             } else if d.is_user() {
                 false
             } else {
-                use aws_smithy_types::retry::ErrorKind;
-                match d.as_other() {
-                    Some(ErrorKind::ClientError) => false,
-                    Some(_) => true,
-                    // Loading credentials failed: a setup problem, not a transient one.
-                    None => !chain.to_ascii_lowercase().contains("credentials"),
-                }
+                !matches!(d.as_other(), Some(aws_smithy_types::retry::ErrorKind::ClientError))
             };
             Failure { status, code: None, message: chain, retryable, dispatch: true }
         }
@@ -673,7 +674,7 @@ impl Storage for S3Storage {
         let req = self.client.get_object().bucket(&self.config.bucket).key(&full).send();
         match call(self.options.operation_timeout, req).await {
             Ok(out) => Ok(ObjectReader::Stream(Box::new(out.body.into_async_read()))),
-            Err(f) if Self::is_no_such_key(&f) => Err(self.not_found(key, &full).await),
+            Err(f) if Self::is_no_such_key(&f) => Err(self.not_found("get", key, &full).await),
             Err(f) => Err(self.remote("get", &full, f)),
         }
     }
@@ -696,7 +697,7 @@ impl Storage for S3Storage {
             Ok(out) => out,
             // The object exists and the range starts at or after its end.
             Err(f) if f.status == Some(416) => return Ok(Bytes::new()),
-            Err(f) if Self::is_no_such_key(&f) => return Err(self.not_found(key, &full).await),
+            Err(f) if Self::is_no_such_key(&f) => return Err(self.not_found("read range", key, &full).await),
             Err(f) => return Err(self.remote("read range", &full, f)),
         };
         let ranged = out.content_range.is_some();
@@ -730,7 +731,7 @@ impl Storage for S3Storage {
                     retryable: false,
                 }),
             },
-            Err(f) if Self::is_no_such_key(&f) => Err(self.not_found(key, &full).await),
+            Err(f) if Self::is_no_such_key(&f) => Err(self.not_found("head", key, &full).await),
             Err(f) => Err(self.remote("head", &full, f)),
         }
     }
@@ -779,5 +780,47 @@ impl Storage for S3Storage {
             Err(f) if f.status == Some(404) && f.code.as_deref() == Some("NoSuchKey") => Ok(()),
             Err(f) => Err(self.remote("delete", &full, f)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bucket: &str, prefix: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            path_style: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn configuration_is_checked_without_a_request() {
+        assert!(S3Storage::connect(config("", "")).await.is_err(), "empty bucket");
+        assert!(S3Storage::connect(config("b", "a//b")).await.is_err(), "bad prefix");
+        let small = S3Options { part_size: 1 << 20, ..S3Options::default() };
+        assert!(S3Storage::connect_with(config("b", ""), small).await.is_err(), "part below 5 MiB");
+        let s = S3Storage::connect(config("b", "/org/repo/")).await.unwrap();
+        assert_eq!(s.config().prefix, "org/repo");
+        assert_eq!(s.full_key("wal/1"), "org/repo/wal/1");
+        assert_eq!(s.full_key(""), "org/repo/", "listing the whole repository stays inside it");
+        let s = S3Storage::connect(config("b", "")).await.unwrap();
+        assert_eq!(s.full_key("wal/1"), "wal/1");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let o = S3Options { credentials: Some(("AKID".into(), "s3cr3t".into())), ..S3Options::default() };
+        let text = format!("{o:?}");
+        assert!(text.contains("AKID") && !text.contains("s3cr3t"), "{text}");
+    }
+
+    #[test]
+    fn checksums_are_big_endian_base64() {
+        // CRC32 of "123456789" is 0xCBF43926.
+        assert_eq!(crc32_b64(crc32fast::hash(b"123456789")), "y/Q5Jg==");
     }
 }

@@ -39,7 +39,7 @@ pub fn parse(timeline: TimelineId, content: &[u8]) -> Result<Vec<HistoryEntry>, 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut fields = line.splitn(3, |c: char| c == '\t' || c == ' ');
+        let mut fields = line.splitn(3, ['\t', ' ']);
         let parent: u32 =
             fields.next().unwrap_or("").parse().map_err(|_| err(format!("bad timeline id in {raw:?}")))?;
         let switch_point: Lsn =
