@@ -130,7 +130,7 @@ impl RepoLocation {
 
 /// S3 client settings other than the location.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct S3Options {
+pub struct S3Settings {
     /// Custom endpoint.
     pub endpoint: Option<String>,
     /// Region.
@@ -149,7 +149,7 @@ pub struct Config {
     /// Compression.
     pub compress: CompressOptions,
     /// S3 settings.
-    pub s3: S3Options,
+    pub s3: S3Settings,
     /// The data directory, when given.
     pub pgdata: Option<PathBuf>,
     /// Retries of repository requests.
@@ -202,7 +202,7 @@ impl Config {
         }
         let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
         let path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some());
-        let s3 = S3Options { endpoint, region: args.s3_region.clone().or(file.s3_region), path_style };
+        let s3 = S3Settings { endpoint, region: args.s3_region.clone().or(file.s3_region), path_style };
         let retries = args.retries.or(file.retries).unwrap_or(RetryPolicy::default().retries);
         Ok(Config {
             repo,

@@ -6,7 +6,8 @@ use std::io::IsTerminal;
 
 /// Installs the global subscriber; `verbose` raises the default to `info`.
 pub fn init(verbose: bool) {
-    let default = if verbose { "info" } else { "warn" };
+    // aws-config warns once per credential provider it tries; the final error says it all.
+    let default = if verbose { "info,aws_config=warn" } else { "warn,aws_config=error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PITR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
