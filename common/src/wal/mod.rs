@@ -6,6 +6,7 @@
 pub mod file_name;
 pub mod history;
 pub mod page_header;
+pub mod record;
 
 use std::fmt;
 use std::str::FromStr;
