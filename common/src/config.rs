@@ -56,6 +56,10 @@ pub struct RepoArgs {
     /// Retries of a failed repository request before giving up [default: 4].
     #[arg(long, env = "PITR_RETRIES", value_name = "N", global = true)]
     pub retries: Option<u32>,
+    /// Segments `get` fetches ahead of the one PostgreSQL asks for, in the background;
+    /// 0 disables prefetching [default: 8].
+    #[arg(long, env = "PITR_PREFETCH", value_name = "N", global = true)]
+    pub prefetch: Option<u32>,
 }
 
 /// The keys of `pitr.toml` (same names as the flags).
@@ -80,6 +84,8 @@ pub struct FileConfig {
     pub pgdata: Option<PathBuf>,
     /// See [`RepoArgs::retries`].
     pub retries: Option<u32>,
+    /// See [`RepoArgs::prefetch`].
+    pub prefetch: Option<u32>,
     /// Connection string for `receive` and `basebackup` (read by those programs).
     pub dbname: Option<String>,
 }
@@ -154,6 +160,8 @@ pub struct Config {
     pub pgdata: Option<PathBuf>,
     /// Retries of repository requests.
     pub retry: RetryPolicy,
+    /// Segments fetched ahead by `get`.
+    pub prefetch: u32,
     /// The connection string from the file, if any.
     pub dbname: Option<String>,
 }
@@ -175,7 +183,37 @@ pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, Failure> {
         .map_err(|e| config_error(format!("configuration file {}: {}", path.display(), e.message().trim())))
 }
 
+impl std::fmt::Display for RepoLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepoLocation::Local(p) => write!(f, "{}", p.display()),
+            RepoLocation::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            RepoLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
 impl Config {
+    /// The `PITR_*` environment that makes a child process resolve this same configuration.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PITR_REPO".to_string(), self.repo.to_string()),
+            ("PITR_CLUSTER".to_string(), self.cluster.clone()),
+            ("PITR_COMPRESS_LEVEL".to_string(), self.compress.level.to_string()),
+            ("PITR_COMPRESS_THREADS".to_string(), self.compress.workers.to_string()),
+            ("PITR_S3_PATH_STYLE".to_string(), self.s3.path_style.to_string()),
+            ("PITR_RETRIES".to_string(), self.retry.retries.to_string()),
+            ("PITR_PREFETCH".to_string(), self.prefetch.to_string()),
+        ];
+        if let Some(e) = &self.s3.endpoint {
+            env.push(("PITR_S3_ENDPOINT".into(), e.clone()));
+        }
+        if let Some(r) = &self.s3.region {
+            env.push(("PITR_S3_REGION".into(), r.clone()));
+        }
+        env
+    }
+
     /// Merges flags/env with the file and validates the result.
     pub fn resolve(args: &RepoArgs) -> Result<Config, Failure> {
         let file = load_file(args.config.as_deref())?;
@@ -211,6 +249,7 @@ impl Config {
             s3,
             pgdata: args.pgdata.clone().or(file.pgdata),
             retry: RetryPolicy::with_retries(retries),
+            prefetch: args.prefetch.or(file.prefetch).unwrap_or(8).min(256),
             dbname: file.dbname,
         })
     }
@@ -259,6 +298,23 @@ mod tests {
         for bad in ["", "s3://", "s3://B_ad/x", "file://rel", "gs://x/y", "s3://bkt/a/../b/.x"] {
             assert!(RepoLocation::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn environment_round_trip() {
+        let args = RepoArgs {
+            repo: Some("s3://bkt/a/b".into()),
+            cluster: Some("c1".into()),
+            s3_endpoint: Some("http://127.0.0.1:9".into()),
+            prefetch: Some(3),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_REPO"], "s3://bkt/a/b");
+        assert_eq!(RepoLocation::parse(&env["PITR_REPO"]).unwrap(), c.repo);
+        assert_eq!(env["PITR_PREFETCH"], "3");
+        assert_eq!(env["PITR_S3_ENDPOINT"], "http://127.0.0.1:9");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod exit;
 pub mod lsn;
+pub mod pgwire;
 pub mod repository;
 pub mod retry;
 pub mod storage;

@@ -59,6 +59,16 @@ pub enum Command {
         /// Where to write it (%p).
         path: PathBuf,
     },
+    /// Internal: the background worker that `get` starts to prefetch segments.
+    #[command(hide = true)]
+    PrefetchWorker {
+        /// Fetch the segments after this one.
+        #[arg(long)]
+        after: String,
+        /// Spool directory.
+        #[arg(long)]
+        spool: PathBuf,
+    },
     /// List the archived WAL files of the cluster.
     List {
         /// One JSON object per file instead of a table.
@@ -74,6 +84,7 @@ impl Command {
             Command::Push { .. } => "push",
             Command::Get { .. } => "get",
             Command::List { .. } => "list",
+            Command::PrefetchWorker { .. } => "prefetch-worker",
         }
     }
 }

@@ -2,20 +2,27 @@
 //!
 //! Contract: exit 0 with the exact original bytes at the destination, written to a temporary
 //! name in the same directory and renamed (no fsync: after a crash PostgreSQL asks again);
-//! "not found" only when the repository answered that this exact key does not exist; every
-//! other failure (after retries for transient ones) is reported as such, which `main` turns
-//! into an exit status above 125 so that PostgreSQL aborts recovery instead of promoting.
+//! "not found" only when the repository answered that this exact key does not exist (and it
+//! holds the configured cluster); every other failure, after retries for transient ones, is
+//! reported as such, which `main` turns into an exit status above 125 so that PostgreSQL
+//! aborts recovery instead of promoting early.
+//!
+//! Segments may come from the prefetch spool (see [`crate::prefetch`]): files there were
+//! verified like any download, so serving one is a rename.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use common::codec::{self, CodecError};
+use common::codec::{self, CodecError, ObjectHeader};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
+use common::repository::Repository;
 use common::retry::retry;
 use common::storage::ObjectReader;
-use common::wal::WalFileName;
+use common::wal::{WalFileKind, WalFileName};
+
+use crate::prefetch;
 
 /// Removes a temporary file when dropped, unless it was renamed into place.
 struct Partial(Option<PathBuf>);
@@ -31,13 +38,31 @@ impl Drop for Partial {
 /// Fetches WAL file `name` into `dest`.
 pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure> {
     let wal = WalFileName::parse(name).map_err(|e| Failure::msg(FailureKind::Invalid, e))?;
+    let spool = (config.prefetch > 0 && wal.kind == WalFileKind::Segment).then(|| prefetch::spool_dir(dest));
+    if let Some(spool) = &spool {
+        if prefetch::take(spool, &wal, dest) {
+            tracing::info!(file = name, "restored from the prefetch spool");
+            prefetch::kick(config, spool, &wal, dest);
+            return Ok(());
+        }
+    }
     let repo = config.open_repository(false).await?;
-    let key = repo.wal_key(&wal);
-    let reader = match retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(&key)).await {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => return Err(absent(&repo, name).await),
-        Err(e) => return Err(e.into()),
+    let header = match fetch(&repo, &wal, dest).await {
+        Err(f) if f.kind == FailureKind::NotFound => return Err(absent(&repo, name).await),
+        r => r?,
     };
+    tracing::info!(file = name, bytes = header.raw_size, "restored");
+    if let Some(spool) = &spool {
+        prefetch::kick(config, spool, &wal, dest);
+    }
+    Ok(())
+}
+
+/// Downloads `wal` into `dest` (through a temporary file beside it), verifying it on the way.
+pub async fn fetch(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<ObjectHeader, Failure> {
+    let name = wal.to_string();
+    let key = repo.wal_key(wal);
+    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(&key)).await?;
 
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -77,14 +102,13 @@ pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure
         .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())))?;
     let mut tmp = tmp;
     tmp.0 = None;
-    tracing::info!(file = name, bytes = header.raw_size, "restored");
-    Ok(())
+    Ok(header)
 }
 
 /// The file is missing: "not found" is only certain if the repository really holds this
 /// cluster. A mistyped `--cluster` or an empty repository is a configuration error, so that
 /// PostgreSQL aborts recovery instead of ending it early.
-async fn absent(repo: &common::repository::Repository, name: &str) -> Failure {
+async fn absent(repo: &Repository, name: &str) -> Failure {
     match repo.cluster_info().await {
         Ok(Some(_)) => Failure::msg(
             FailureKind::NotFound,

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod get;
 pub mod list;
+pub mod prefetch;
 pub mod push;
 
 use common::config::Config;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }),
             Command::Get { name, path } => get::get(&config, &name, &path).await,
             Command::List { json } => list::list(&config, json).await,
+            Command::PrefetchWorker { after, spool } => prefetch::worker(&config, &spool, &after).await,
         }
     })
 }

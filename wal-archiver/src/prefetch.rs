@@ -1,0 +1,196 @@
+//! Prefetching for `get`: PostgreSQL asks for one segment at a time and replays it before
+//! asking for the next, so fetching on demand leaves replay waiting on every download. After
+//! each `get` of a segment, a detached worker (`wal-archiver prefetch-worker`, one at a time,
+//! guarded by a file lock) downloads the next `prefetch` segments of the same timeline, in
+//! parallel, into a spool directory beside `%p` (`pg_wal/.pitr-prefetch`). The next `get`
+//! then serves its segment by renaming it from the spool, or waits briefly for it when the
+//! worker is still downloading it.
+//!
+//! Spool files are verified (size, digest) like any download before they get their final
+//! name, so serving one is always correct. A missing segment stops the worker and is never
+//! remembered: the foreground `get` asks the repository itself and answers exactly. Any
+//! worker failure only means the foreground fetches the segment itself.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+use common::wal::{WalFileKind, WalFileName, WalSegmentSize};
+
+/// How long `get` waits for a segment the worker is downloading.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
+/// Unclaimed spool files older than this are removed (e.g. left over after recovery ended).
+const STALE_AFTER: Duration = Duration::from_secs(600);
+/// Parallel downloads of one worker.
+const WORKERS: usize = 2;
+
+/// The spool directory for a `get` whose destination is `dest`.
+pub fn spool_dir(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(".pitr-prefetch"),
+        _ => PathBuf::from(".pitr-prefetch"),
+    }
+}
+
+fn inflight_marker(spool: &Path, name: &str) -> PathBuf {
+    spool.join(format!("{name}.inflight"))
+}
+
+fn worker_running(spool: &Path) -> bool {
+    match File::options().read(true).write(true).create(true).truncate(false).open(spool.join("lock")) {
+        Ok(f) => f.try_lock().is_err(),
+        Err(_) => false,
+    }
+}
+
+/// Moves a prefetched `wal` to `dest` if the spool has it (waiting while the worker is
+/// still downloading it). False when the caller must fetch it itself.
+pub fn take(spool: &Path, wal: &WalFileName, dest: &Path) -> bool {
+    let name = wal.to_string();
+    let ready = spool.join(&name);
+    let deadline = Instant::now() + IN_FLIGHT_WAIT;
+    loop {
+        if fs::rename(&ready, dest).is_ok() {
+            return true;
+        }
+        if !inflight_marker(spool, &name).exists() || !worker_running(spool) || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Starts a worker to fetch the segments after `wal` (just restored to `restored`), unless
+/// one is running. The next segments are marked in flight before the worker starts, so the
+/// next `get` waits for the worker instead of racing it.
+pub fn kick(config: &Config, spool: &Path, wal: &WalFileName, restored: &Path) {
+    if fs::create_dir_all(spool).is_err() || worker_running(spool) {
+        return;
+    }
+    let size = fs::metadata(restored).ok().and_then(|m| WalSegmentSize::new(m.len()).ok());
+    if let Some(segno) = size.and_then(|s| wal.segment_number(s).ok().flatten()) {
+        for i in 1..=u64::from(config.prefetch) {
+            let name =
+                WalFileName::segment(wal.timeline, segno + i, size.unwrap_or(WalSegmentSize::DEFAULT)).to_string();
+            if !spool.join(&name).exists() {
+                let _ = File::create(inflight_marker(spool, &name));
+            }
+        }
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let log = File::create(spool.join("worker.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+    let mut cmd = Command::new(exe);
+    cmd.arg("prefetch-worker")
+        .arg("--after")
+        .arg(wal.to_string())
+        .arg("--spool")
+        .arg(spool)
+        .envs(config.to_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // Its own process group: the worker outlives this call and is not signalled with it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Err(e) = cmd.spawn() {
+        tracing::info!(error = %e, "cannot start the prefetch worker");
+    }
+}
+
+/// The worker: fetches up to `config.prefetch` segments after `after` into `spool`.
+pub async fn worker(config: &Config, spool: &Path, after: &str) -> Result<(), Failure> {
+    let after = WalFileName::parse(after).map_err(|e| Failure::msg(FailureKind::Usage, e))?;
+    if after.kind != WalFileKind::Segment {
+        return Err(Failure::msg(FailureKind::Usage, "prefetch works on segment names"));
+    }
+    fs::create_dir_all(spool).map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())))?;
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(spool.join("lock"))
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, e))?;
+    if lock.try_lock().is_err() {
+        return Ok(()); // another worker is at it
+    }
+    let repo = config.open_repository(false).await?;
+    let Some(cluster) = repo.cluster_info().await? else {
+        clear_markers(spool);
+        return Ok(());
+    };
+    let size = cluster.segment_size;
+    let first = after.segment_number(size).map_err(|e| Failure::msg(FailureKind::Usage, e))?.unwrap_or(0);
+    clean(spool, &after, first, size);
+
+    let wanted: Vec<WalFileName> = (1..=u64::from(config.prefetch))
+        .map(|i| WalFileName::segment(after.timeline, first + i, size))
+        .filter(|n| !spool.join(n.to_string()).exists())
+        .collect();
+    for n in &wanted {
+        let _ = File::create(inflight_marker(spool, &n.to_string()));
+    }
+    let queue = Mutex::new(wanted.clone().into_iter());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(n) = next else { return };
+                    let name = n.to_string();
+                    if !stop.load(Ordering::SeqCst) {
+                        if let Err(f) = rt.block_on(crate::get::fetch(&repo, &n, &spool.join(&name))) {
+                            if f.kind != FailureKind::NotFound {
+                                eprintln!("prefetch of {name} failed: {f}");
+                            }
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = fs::remove_file(inflight_marker(spool, &name));
+                }
+            });
+        }
+    });
+    clear_markers(spool);
+    drop(lock);
+    Ok(())
+}
+
+/// Removes every in-flight marker (the worker is done with all of them).
+fn clear_markers(spool: &Path) {
+    for e in fs::read_dir(spool).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".inflight") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Removes spool files for segments at or before `after`'s position and unclaimed stale ones.
+fn clean(spool: &Path, after: &WalFileName, after_segno: u64, size: WalSegmentSize) {
+    let Ok(entries) = fs::read_dir(spool) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        let consumed = WalFileName::parse(&name)
+            .ok()
+            .and_then(|n| n.segment_number(size).ok().flatten())
+            .is_some_and(|segno| segno <= after_segno);
+        let leftover_tmp = name.starts_with('.');
+        if (consumed || ((stale || leftover_tmp) && name != "lock" && name != "worker.log"))
+            && name != after.to_string()
+        {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
