@@ -60,6 +60,10 @@ pub struct RepoArgs {
     /// 0 disables prefetching [default: 8].
     #[arg(long, env = "PITR_PREFETCH", value_name = "N", global = true)]
     pub prefetch: Option<u32>,
+    /// Parallel background pushes of segments that wait in the archiver's queue (`.ready`),
+    /// started by `push`; 0 pushes only the file PostgreSQL asks for [default: 2].
+    #[arg(long, env = "PITR_PUSH_AHEAD", value_name = "N", global = true)]
+    pub push_ahead: Option<u32>,
 }
 
 /// The keys of `pitr.toml` (same names as the flags).
@@ -86,6 +90,8 @@ pub struct FileConfig {
     pub retries: Option<u32>,
     /// See [`RepoArgs::prefetch`].
     pub prefetch: Option<u32>,
+    /// See [`RepoArgs::push_ahead`].
+    pub push_ahead: Option<u32>,
     /// Connection string for `receive` and `basebackup` (read by those programs).
     pub dbname: Option<String>,
 }
@@ -162,6 +168,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Segments fetched ahead by `get`.
     pub prefetch: u32,
+    /// Parallel look-ahead pushes.
+    pub push_ahead: u32,
     /// The connection string from the file, if any.
     pub dbname: Option<String>,
 }
@@ -204,6 +212,7 @@ impl Config {
             ("PITR_S3_PATH_STYLE".to_string(), self.s3.path_style.to_string()),
             ("PITR_RETRIES".to_string(), self.retry.retries.to_string()),
             ("PITR_PREFETCH".to_string(), self.prefetch.to_string()),
+            ("PITR_PUSH_AHEAD".to_string(), self.push_ahead.to_string()),
         ];
         if let Some(e) = &self.s3.endpoint {
             env.push(("PITR_S3_ENDPOINT".into(), e.clone()));
@@ -250,6 +259,7 @@ impl Config {
             pgdata: args.pgdata.clone().or(file.pgdata),
             retry: RetryPolicy::with_retries(retries),
             prefetch: args.prefetch.or(file.prefetch).unwrap_or(8).min(256),
+            push_ahead: args.push_ahead.or(file.push_ahead).unwrap_or(2).min(32),
             dbname: file.dbname,
         })
     }

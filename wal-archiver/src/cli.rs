@@ -69,6 +69,13 @@ pub enum Command {
         #[arg(long)]
         spool: PathBuf,
     },
+    /// Internal: the background worker that `push` starts to push queued segments ahead.
+    #[command(hide = true)]
+    PushAheadWorker {
+        /// The pg_wal directory whose archive_status/*.ready files to work through.
+        #[arg(long)]
+        pg_wal: PathBuf,
+    },
     /// List the archived WAL files of the cluster.
     List {
         /// One JSON object per file instead of a table.
@@ -85,6 +92,7 @@ impl Command {
             Command::Get { .. } => "get",
             Command::List { .. } => "list",
             Command::PrefetchWorker { .. } => "prefetch-worker",
+            Command::PushAheadWorker { .. } => "push-ahead-worker",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod get;
 pub mod list;
 pub mod prefetch;
 pub mod push;
+pub mod push_ahead;
 
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Command::Get { name, path } => get::get(&config, &name, &path).await,
             Command::List { json } => list::list(&config, json).await,
             Command::PrefetchWorker { after, spool } => prefetch::worker(&config, &spool, &after).await,
+            Command::PushAheadWorker { pg_wal } => push_ahead::worker(&config, &pg_wal).await,
         }
     })
 }

@@ -20,6 +20,8 @@ use common::storage::{Body, PutMode, StorageError};
 use common::wal::page_header::LONG_HEADER_SIZE;
 use common::wal::{history, LongPageHeader, WalFileKind, WalFileName};
 
+use crate::push_ahead;
+
 /// What a successful push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -45,8 +47,20 @@ fn invalid(name: &str, msg: impl std::fmt::Display) -> Failure {
     Failure::msg(FailureKind::Invalid, format!("{name}: {msg}; nothing was archived"))
 }
 
-/// Archives the WAL file at `path`.
+/// Archives the WAL file at `path` (PostgreSQL's archive_command), first starting the
+/// look-ahead worker when more segments wait, and waiting for the worker when it is already
+/// pushing this one. Exit 0 still means: this file's content is durably in the repository.
 pub async fn push(config: &Config, path: &Path) -> Result<PushOutcome, Failure> {
+    let Some(ahead) = push_ahead::Ahead::begin(config, path) else {
+        return store(config, path).await;
+    };
+    let outcome = store(config, path).await;
+    drop(ahead);
+    outcome
+}
+
+/// Validates and stores one WAL file (used by `push` and by the look-ahead worker).
+pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let name = WalFileName::parse(file_name).map_err(|e| invalid(&path.display().to_string(), e))?;
     let mut file = File::open(path)
@@ -207,7 +221,7 @@ fn compare_existing(name: &WalFileName, existing: &ObjectHeader, path: &Path) ->
     f.seek(SeekFrom::Start(0)).map_err(|e| read_error(path, e))?;
     let (size, digest) = codec::digest(&mut f).map_err(|e| read_error(path, e))?;
     if size == existing.raw_size && digest == existing.blake3 {
-        tracing::warn!(file = %name, "already archived with identical content; nothing to do");
+        tracing::info!(file = %name, "already archived with identical content");
         Ok(PushOutcome::AlreadyArchived)
     } else {
         Err(conflict(name, existing, size, &digest))
