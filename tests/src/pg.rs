@@ -166,20 +166,7 @@ impl TestCluster {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&mut self) {
-        let log = self.data.with_extension("log");
-        let mut c = as_server_user(pg_bin().join("pg_ctl"));
-        c.args(["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "120", "start"]);
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        let out = c.output().expect("pg_ctl start");
-        self.running = true;
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            fs::read_to_string(&log).unwrap_or_default()
-        );
+        assert!(self.try_start(), "pg_ctl start failed:\n{}", self.log());
     }
 
     /// Starts a server that may stop by itself (e.g. recovery that must fail); returns

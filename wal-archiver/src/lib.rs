@@ -7,6 +7,7 @@ pub mod list;
 pub mod prefetch;
 pub mod push;
 pub mod push_ahead;
+pub mod worker;
 
 use common::config::Config;
 use common::exit::{Failure, FailureKind};

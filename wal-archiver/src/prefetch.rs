@@ -13,7 +13,6 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::wal::{WalFileKind, WalFileName, WalSegmentSize};
+
+use crate::worker;
 
 /// How long `get` waits for a segment the worker is downloading.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
@@ -41,13 +42,6 @@ fn inflight_marker(spool: &Path, name: &str) -> PathBuf {
     spool.join(format!("{name}.inflight"))
 }
 
-fn worker_running(spool: &Path) -> bool {
-    match File::options().read(true).write(true).create(true).truncate(false).open(spool.join("lock")) {
-        Ok(f) => f.try_lock().is_err(),
-        Err(_) => false,
-    }
-}
-
 /// Moves a prefetched `wal` to `dest` if the spool has it (waiting while the worker is
 /// still downloading it). False when the caller must fetch it itself.
 pub fn take(spool: &Path, wal: &WalFileName, dest: &Path) -> bool {
@@ -58,7 +52,7 @@ pub fn take(spool: &Path, wal: &WalFileName, dest: &Path) -> bool {
         if fs::rename(&ready, dest).is_ok() {
             return true;
         }
-        if !inflight_marker(spool, &name).exists() || !worker_running(spool) || Instant::now() > deadline {
+        if !inflight_marker(spool, &name).exists() || !worker::running(spool) || Instant::now() > deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -69,7 +63,7 @@ pub fn take(spool: &Path, wal: &WalFileName, dest: &Path) -> bool {
 /// one is running. The next segments are marked in flight before the worker starts, so the
 /// next `get` waits for the worker instead of racing it.
 pub fn kick(config: &Config, spool: &Path, wal: &WalFileName, restored: &Path) {
-    if fs::create_dir_all(spool).is_err() || worker_running(spool) {
+    if fs::create_dir_all(spool).is_err() || worker::running(spool) {
         return;
     }
     let size = fs::metadata(restored).ok().and_then(|m| WalSegmentSize::new(m.len()).ok());
@@ -82,23 +76,12 @@ pub fn kick(config: &Config, spool: &Path, wal: &WalFileName, restored: &Path) {
             }
         }
     }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let log = File::create(spool.join("worker.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
-    let mut cmd = Command::new(exe);
-    cmd.arg("prefetch-worker")
-        .arg("--after")
-        .arg(wal.to_string())
-        .arg("--spool")
-        .arg(spool)
-        .envs(config.to_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    // Its own process group: the worker outlives this call and is not signalled with it.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Err(e) = cmd.spawn() {
-        tracing::info!(error = %e, "cannot start the prefetch worker");
-    }
+    let after = wal.to_string();
+    worker::spawn(
+        config,
+        spool,
+        &["prefetch-worker".as_ref(), "--after".as_ref(), after.as_ref(), "--spool".as_ref(), spool.as_os_str()],
+    );
 }
 
 /// The worker: fetches up to `config.prefetch` segments after `after` into `spool`.
@@ -107,17 +90,9 @@ pub async fn worker(config: &Config, spool: &Path, after: &str) -> Result<(), Fa
     if after.kind != WalFileKind::Segment {
         return Err(Failure::msg(FailureKind::Usage, "prefetch works on segment names"));
     }
-    fs::create_dir_all(spool).map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())))?;
-    let lock = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(spool.join("lock"))
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, e))?;
-    if lock.try_lock().is_err() {
+    let Some(lock) = worker::acquire(spool)? else {
         return Ok(()); // another worker is at it
-    }
+    };
     let repo = config.open_repository(false).await?;
     let Some(cluster) = repo.cluster_info().await? else {
         clear_markers(spool);

@@ -16,14 +16,15 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::codec::CompressOptions;
 use common::config::Config;
-use common::exit::{Failure, FailureKind};
+use common::exit::Failure;
 use common::wal::WalFileName;
+
+use crate::worker;
 
 /// Longest a foreground push waits for the worker to finish its file.
 const WAIT_FOR_WORKER: Duration = Duration::from_secs(300);
@@ -68,13 +69,6 @@ fn claim(spool: &Path, name: &str) -> bool {
     false
 }
 
-fn worker_running(spool: &Path) -> bool {
-    match File::options().read(true).write(true).create(true).truncate(false).open(spool.join("lock")) {
-        Ok(f) => f.try_lock().is_err(),
-        Err(_) => false,
-    }
-}
-
 /// Names of the files waiting in the archiver's queue, oldest first, history files first
 /// (the order PostgreSQL's archiver uses).
 fn ready_files(pg_wal: &Path) -> Vec<String> {
@@ -114,7 +108,7 @@ impl Ahead {
             std::thread::sleep(Duration::from_millis(2));
         }
         let others = ready_files(pg_wal).into_iter().any(|n| n != name && !claim_path(&spool, &n).exists());
-        if others && !worker_running(&spool) {
+        if others && !worker::running(&spool) {
             start_worker(config, pg_wal, &spool);
         }
         Some(Ahead { claim: claim_path(&spool, &name) })
@@ -128,39 +122,15 @@ impl Drop for Ahead {
 }
 
 fn start_worker(config: &Config, pg_wal: &Path, spool: &Path) {
-    if fs::create_dir_all(spool).is_err() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let log = File::create(spool.join("worker.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
-    let mut cmd = Command::new(exe);
-    cmd.arg("push-ahead-worker")
-        .arg("--pg-wal")
-        .arg(pg_wal)
-        .envs(config.to_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Err(e) = cmd.spawn() {
-        tracing::info!(error = %e, "cannot start the look-ahead worker");
-    }
+    worker::spawn(config, spool, &["push-ahead-worker".as_ref(), "--pg-wal".as_ref(), pg_wal.as_os_str()]);
 }
 
 /// The worker: pushes queued files `config.push_ahead` at a time until none is left.
 pub async fn worker(config: &Config, pg_wal: &Path) -> Result<(), Failure> {
     let spool = spool(pg_wal);
-    fs::create_dir_all(&spool).map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())))?;
-    let lock = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(spool.join("lock"))
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, e))?;
-    if lock.try_lock().is_err() {
+    let Some(lock) = worker::acquire(&spool)? else {
         return Ok(());
-    }
+    };
     // Each job compresses on one thread: the parallelism is across files.
     let mut config = config.clone();
     config.compress = CompressOptions { workers: 0, ..config.compress };

@@ -16,6 +16,17 @@ use serde::{Deserialize, Serialize};
 pub use file_name::{WalFileKind, WalFileName};
 pub use page_header::{LongPageHeader, PgMajor};
 
+/// Little-endian field readers for on-disk WAL structures (callers check lengths first).
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
+}
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+}
+
 /// A timeline id (`TimeLineID`). Timeline 0 does not exist.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TimelineId(pub u32);

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{SystemId, TimelineId, WalSegmentSize};
+use super::{u16_at, u32_at, u64_at, SystemId, TimelineId, WalSegmentSize};
 use crate::lsn::Lsn;
 
 /// `SizeOfXLogLongPHD`.
@@ -104,16 +104,6 @@ pub enum PageHeaderError {
     /// Block size is not a power of two between 1 and 64 KiB.
     #[error("header block size {0} is not a valid WAL block size")]
     BadBlockSize(u32),
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
 }
 
 impl LongPageHeader {

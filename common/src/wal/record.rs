@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::page_header::LONG_HEADER_SIZE;
-use super::{LongPageHeader, PgMajor, TimelineId, WalSegmentSize};
+use super::{u16_at, u32_at, u64_at, LongPageHeader, PgMajor, TimelineId, WalSegmentSize};
 use crate::lsn::Lsn;
 
 /// `SizeOfXLogShortPHD`.
@@ -106,15 +106,6 @@ pub struct SegmentSummary {
 #[error("not a readable WAL segment: {0}")]
 pub struct RecordError(pub String);
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
-}
 fn maxalign(n: usize) -> usize {
     (n + 7) & !7
 }
