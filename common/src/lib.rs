@@ -3,6 +3,7 @@
 //! layout ([`repository`]), configuration ([`config`]), retries ([`retry`]), exit codes
 //! ([`exit`]) and logging setup ([`telemetry`]).
 
+pub mod catalog;
 pub mod codec;
 pub mod config;
 pub mod exit;

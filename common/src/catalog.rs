@@ -1,0 +1,147 @@
+//! The backup catalog: what a finished base backup is, as recorded in the repository.
+//!
+//! Layout (beside the WAL of [`repository`](crate::repository)):
+//! ```text
+//! <cluster>/backups/<id>/<archive>/<NNNNNN>.zst   the archive's tar stream in chunks, codec format
+//! <cluster>/backups/<id>/backup_manifest.zst      the server's manifest, codec format
+//! <cluster>/backups/<id>.json                     this catalog entry, written LAST
+//! ```
+//! A backup without its catalog entry does not exist: readers list `backups/*.json` and
+//! ignore chunk objects without one (an interrupted backup leaves only garbage to expire).
+//! `<id>` is the UTC start time `YYYYMMDDTHHMMSSZ`, so ids sort in time order. Each archive
+//! (`base.tar`, `<oid>.tar` per tablespace) is cut into chunks at arbitrary byte offsets;
+//! concatenating the decompressed chunks in order gives the server's tar stream byte for
+//! byte, and chunks compress, upload, download and decompress independently (in parallel).
+
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+use crate::wal::{SystemId, TimelineId};
+
+/// Catalog format version written by this pitr.
+pub const CATALOG_VERSION: u32 = 1;
+
+/// One archive of a backup (the main data directory or one tablespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveEntry {
+    /// Archive name as the server sent it: `base.tar` or `<oid>.tar`.
+    pub name: String,
+    /// Tablespace oid; `None` for the main data directory.
+    pub tablespace_oid: Option<u32>,
+    /// Tablespace location on the source server; `None` for the main data directory.
+    pub tablespace_path: Option<String>,
+    /// Number of chunk objects (`000000.zst` …).
+    pub chunks: u32,
+    /// Bytes of the uncompressed tar stream.
+    pub raw_bytes: u64,
+    /// Bytes stored (sum of the chunk objects).
+    pub stored_bytes: u64,
+}
+
+/// A finished base backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEntry {
+    /// Catalog format version.
+    pub version: u32,
+    /// Backup id (`YYYYMMDDTHHMMSSZ`, UTC start time).
+    pub id: String,
+    /// Label given to BASE_BACKUP.
+    pub label: String,
+    /// System identifier of the source cluster.
+    #[serde(with = "crate::catalog::sysid_text")]
+    pub system_id: SystemId,
+    /// `server_version_num` of the source server (e.g. 150018).
+    pub server_version_num: u32,
+    /// WAL segment size of the source cluster.
+    pub segment_size: u64,
+    /// Backup start (redo) LSN and timeline, from BASE_BACKUP's first result set.
+    pub start_lsn: Lsn,
+    /// Timeline at start.
+    pub start_timeline: TimelineId,
+    /// Backup end LSN and timeline, from BASE_BACKUP's last result set: the backup is
+    /// consistent once WAL up to here is replayed.
+    pub stop_lsn: Lsn,
+    /// Timeline at stop.
+    pub stop_timeline: TimelineId,
+    /// Start time (UTC, RFC 3339), of the pitr host.
+    pub start_time: String,
+    /// Stop time (UTC, RFC 3339), of the pitr host.
+    pub stop_time: String,
+    /// The archives, in the order the server sent them.
+    pub archives: Vec<ArchiveEntry>,
+    /// SHA-256 of the manifest (its `Manifest-Checksum`).
+    pub manifest_checksum: String,
+    /// The WAL files (first and last segment name) that make the backup consistent; all were
+    /// confirmed in the repository before this entry was written.
+    pub wal_start_segment: String,
+    /// Last WAL segment needed.
+    pub wal_stop_segment: String,
+    /// Sum of `raw_bytes` of all archives.
+    pub raw_bytes: u64,
+    /// Sum of `stored_bytes` of all archives and the manifest.
+    pub stored_bytes: u64,
+}
+
+pub(crate) mod sysid_text {
+    use crate::wal::SystemId;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &SystemId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.0.to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(SystemId).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Key of a backup's catalog entry.
+pub fn entry_key(cluster: &str, id: &str) -> String {
+    format!("{cluster}/backups/{id}.json")
+}
+
+/// Key of chunk `n` of `archive` in backup `id`.
+pub fn chunk_key(cluster: &str, id: &str, archive: &str, n: u32) -> String {
+    format!("{cluster}/backups/{id}/{archive}/{n:06}.zst")
+}
+
+/// Key of a backup's manifest.
+pub fn manifest_key(cluster: &str, id: &str) -> String {
+    format!("{cluster}/backups/{id}/backup_manifest.zst")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_round_trip() {
+        assert_eq!(entry_key("main", "20261122T075600Z"), "main/backups/20261122T075600Z.json");
+        assert_eq!(
+            chunk_key("main", "20261122T075600Z", "base.tar", 7),
+            "main/backups/20261122T075600Z/base.tar/000007.zst"
+        );
+        let e = BackupEntry {
+            version: CATALOG_VERSION,
+            id: "20261122T075600Z".into(),
+            label: "x".into(),
+            system_id: SystemId(u64::MAX),
+            server_version_num: 150018,
+            segment_size: 16 << 20,
+            start_lsn: "0/3000028".parse().unwrap(),
+            start_timeline: TimelineId(1),
+            stop_lsn: "0/3000100".parse().unwrap(),
+            stop_timeline: TimelineId(1),
+            start_time: "2026-11-22T07:56:00Z".into(),
+            stop_time: "2026-11-22T07:56:05Z".into(),
+            archives: vec![],
+            manifest_checksum: "00".into(),
+            wal_start_segment: "000000010000000000000003".into(),
+            wal_stop_segment: "000000010000000000000003".into(),
+            raw_bytes: 0,
+            stored_bytes: 0,
+        };
+        let j = serde_json::to_string(&e).unwrap();
+        assert!(j.contains("\"18446744073709551615\""), "system id as text");
+        assert_eq!(serde_json::from_str::<BackupEntry>(&j).unwrap(), e);
+    }
+}
