@@ -12,10 +12,17 @@
 //! (`base.tar`, `<oid>.tar` per tablespace) is cut into chunks at arbitrary byte offsets;
 //! concatenating the decompressed chunks in order gives the server's tar stream byte for
 //! byte, and chunks compress, upload, download and decompress independently (in parallel).
+//! Each chunk's codec header names it `<id>/<archive>/<NNNNNN>` (the manifest's:
+//! `<id>/backup_manifest`), so an object found under another key than its own is detected.
+//! The helpers below read the catalog the way every reader must: list `backups/` to enumerate,
+//! then GET each entry by its exact key.
 
 use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
+use crate::repository::{Repository, RepositoryError};
+use crate::retry::retry;
+use crate::storage::{read_all, ObjectKey};
 use crate::wal::{SystemId, TimelineId};
 
 /// Catalog format version written by this pitr.
@@ -109,6 +116,78 @@ pub fn manifest_key(cluster: &str, id: &str) -> String {
     format!("{cluster}/backups/{id}/backup_manifest.zst")
 }
 
+/// Prefix of everything a cluster's backups store.
+pub fn backups_prefix(cluster: &str) -> String {
+    format!("{cluster}/backups/")
+}
+
+/// Whether `id` has the form of a backup id (`YYYYMMDDTHHMMSSZ`).
+pub fn valid_backup_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 16 && b[8] == b'T' && b[15] == b'Z' && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+/// The backup id of a catalog entry's key (`<cluster>/backups/<id>.json`), if it is one.
+pub fn id_of_entry_key<'a>(cluster: &str, key: &'a str) -> Option<&'a str> {
+    let id = key.strip_prefix(cluster)?.strip_prefix("/backups/")?.strip_suffix(".json")?;
+    valid_backup_id(id).then_some(id)
+}
+
+/// The id of a backup starting at `t` (UTC, second precision).
+pub fn backup_id(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The catalog entry of backup `id`, or `None` when its exact key does not exist.
+pub async fn read_entry(repo: &Repository, id: &str) -> Result<Option<BackupEntry>, RepositoryError> {
+    let key = ObjectKey::new(entry_key(repo.cluster(), id))?;
+    match retry(repo.retry_policy(), "read backup entry", || read_all(repo.storage().as_ref(), &key)).await {
+        Ok(bytes) => parse_entry(&key, &bytes).map(Some),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_entry(key: &ObjectKey, bytes: &[u8]) -> Result<BackupEntry, RepositoryError> {
+    let e: BackupEntry =
+        serde_json::from_slice(bytes).map_err(|e| RepositoryError::Corrupt(format!("{key} is unreadable: {e}")))?;
+    if e.version > CATALOG_VERSION {
+        return Err(RepositoryError::Corrupt(format!(
+            "{key} has catalog version {}, newer than this pitr ({CATALOG_VERSION})",
+            e.version
+        )));
+    }
+    Ok(e)
+}
+
+/// Every finished backup of the repository's cluster, sorted by id: the catalog entries
+/// found by listing `backups/`, each read by its exact key (chunk objects without an entry
+/// are ignored).
+pub async fn list_entries(repo: &Repository) -> Result<Vec<BackupEntry>, RepositoryError> {
+    let prefix = backups_prefix(repo.cluster());
+    let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
+    let mut ids: Vec<String> =
+        objects.iter().filter_map(|o| id_of_entry_key(repo.cluster(), o.key.as_str())).map(String::from).collect();
+    ids.sort();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        // Listed a moment ago: if it is gone now, it was expired meanwhile.
+        if let Some(e) = read_entry(repo, &id).await? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +219,12 @@ mod tests {
             raw_bytes: 0,
             stored_bytes: 0,
         };
+        assert_eq!(backup_id(time::macros::datetime!(2026-11-22 07:56:00 UTC)), "20261122T075600Z");
+        assert!(valid_backup_id("20261122T075600Z"));
+        assert!(!valid_backup_id("20261122T075600"));
+        assert_eq!(id_of_entry_key("main", "main/backups/20261122T075600Z.json"), Some("20261122T075600Z"));
+        assert_eq!(id_of_entry_key("main", "main/backups/20261122T075600Z/base.tar/000000.zst"), None);
+        assert_eq!(id_of_entry_key("main", "other/backups/20261122T075600Z.json"), None);
         let j = serde_json::to_string(&e).unwrap();
         assert!(j.contains("\"18446744073709551615\""), "system id as text");
         assert_eq!(serde_json::from_str::<BackupEntry>(&j).unwrap(), e);

@@ -28,6 +28,9 @@ pub enum FailureKind {
     Config = 7,
     /// A local file could not be read or written.
     LocalIo = 8,
+    /// PostgreSQL could not be reached, refused the connection (authentication, pg_hba), or
+    /// failed a command (e.g. BASE_BACKUP).
+    Server = 9,
 }
 
 impl FailureKind {
@@ -103,6 +106,16 @@ impl From<crate::codec::CodecError> for Failure {
     }
 }
 
+impl From<crate::pgwire::PgWireError> for Failure {
+    fn from(e: crate::pgwire::PgWireError) -> Self {
+        let kind = match &e {
+            crate::pgwire::PgWireError::Config(_) => FailureKind::Config,
+            _ => FailureKind::Server,
+        };
+        Failure::new(kind, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +130,7 @@ mod tests {
             FailureKind::Corrupt,
             FailureKind::Config,
             FailureKind::LocalIo,
+            FailureKind::Server,
         ] {
             assert!(Failure::msg(k, "x").get_exit_code() > 125, "{k:?}");
             assert!(Failure::msg(k, "x").exit_code() <= 125, "{k:?}");

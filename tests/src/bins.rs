@@ -63,6 +63,18 @@ pub fn wal_archiver() -> Command {
     c
 }
 
+/// A command for `basebackup` with a clean environment (no stray PITR_* from the caller).
+pub fn basebackup() -> Command {
+    let mut c = Command::new(bin("basebackup"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
+            c.env_remove(k);
+        }
+    }
+    c.env("PITR_RETRIES", "1");
+    c
+}
+
 /// Runs a command to completion.
 pub fn run(mut c: Command) -> Run {
     c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}")).into()

@@ -98,7 +98,8 @@ pub async fn delete_is_idempotent(s: &dyn Storage, prefix: &str) {
 
 /// A local file body is stored whole and left in place for its owner.
 pub async fn file_bodies(s: &dyn Storage, prefix: &str) {
-    let dir = std::env::temp_dir().join(format!("pitr-conf-{}", std::process::id()));
+    // One directory per call: backends run this concurrently inside one test process.
+    let dir = std::env::temp_dir().join(format!("pitr-conf-{}-{}", std::process::id(), prefix.replace('/', "_")));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(format!("body-{}", prefix.replace('/', "_")));
     let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 253) as u8).collect();

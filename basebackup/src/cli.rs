@@ -1,0 +1,100 @@
+//! The raw command-line layer (clap derive); validated into `common::config::Config` plus the
+//! connection string.
+
+use clap::{Parser, Subcommand};
+use common::config::RepoArgs;
+
+const AFTER_HELP: &str = "\
+Connection: --dbname takes a libpq connection string or URI (host=/var/run/postgresql
+user=replicator, postgresql://replicator@db1/); what it leaves out comes from PGHOST, PGPORT,
+PGUSER, PGPASSWORD, PGSSLMODE, ... and ~/.pgpass, as for pg_basebackup. The role needs the
+REPLICATION attribute and a `replication` line in pg_hba.conf.
+
+The WAL that makes a backup consistent is not copied into it: archive_command
+(`wal-archiver push %p`) must be archiving into the same repository and cluster. `create`
+waits (--wal-timeout) until every segment from the backup's start to its stop is there, and
+only then records the backup.
+
+Exit status: 0 success; 1 (create) the WAL the backup needs did not reach the repository in
+time, (verify) no such backup; 2 usage error; 4 the server is another database system (or
+major version) than the repository's cluster; 5 repository unreachable or failing after
+retries; 6 a backup is damaged or does not match its manifest (create: the server's stream
+did not match its own manifest); 7 bad configuration; 8 local error; 9 PostgreSQL could not
+be reached, refused the connection or failed the backup. See docs/basebackup.md.";
+
+/// Take physical base backups of PostgreSQL into a pitr repository, list and verify them.
+#[derive(Debug, Parser)]
+#[command(name = "basebackup", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Log what is being done (to stderr); PITR_LOG=debug for more.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// How to reach the server: a libpq connection string or URI [default: from PG*
+    /// variables, as libpq; file key `dbname`].
+    #[arg(long, short = 'd', env = "PITR_DBNAME", value_name = "CONNINFO", global = true)]
+    pub dbname: Option<String>,
+    /// Repository and cluster settings.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a base backup over the replication protocol, streamed into the repository.
+    ///
+    /// Connects in physical replication mode, checks the server's system identifier against
+    /// the repository's cluster (registering the cluster on first use), runs BASE_BACKUP with
+    /// the server's backup manifest, and streams every archive (the data directory and each
+    /// tablespace) into compressed chunks, uploaded in parallel, without staging the backup on
+    /// local disk. Each file's size and CRC-32C are checked against the manifest while it
+    /// streams. The backup is recorded (its catalog entry written last) only once the WAL it
+    /// needs is in the repository. Prints the backup id on stdout.
+    Create {
+        /// Backup label (shown in backup_label and pg_stat_progress_basebackup) [default:
+        /// "pitr <backup id>"].
+        #[arg(long, short = 'l', value_name = "LABEL")]
+        label: Option<String>,
+        /// Start with an immediate checkpoint (the default).
+        #[arg(long, conflicts_with = "spread")]
+        fast: bool,
+        /// Start after a spread checkpoint (less I/O on the server, may take up to
+        /// checkpoint_timeout * checkpoint_completion_target to start).
+        #[arg(long)]
+        spread: bool,
+        /// Seconds to wait, after the data is stored, for archive_command to bring the WAL
+        /// the backup needs into the repository.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        wal_timeout: u64,
+    },
+    /// List the finished backups of the cluster, oldest first.
+    List {
+        /// One JSON object (the catalog entry) per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check backups end to end: every chunk's digest, the tar streams, every file's size and
+    /// CRC-32C against the stored manifest, the manifest's own checksum, and the WAL range.
+    Verify {
+        /// The backup to check [default: the newest].
+        #[arg(value_name = "ID", conflicts_with = "all")]
+        id: Option<String>,
+        /// Check every backup of the cluster.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+impl Command {
+    /// The subcommand's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Create { .. } => "create",
+            Command::List { .. } => "list",
+            Command::Verify { .. } => "verify",
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The library behind `basebackup`: each subcommand in its own module, callable without a
+//! process.
+//!
+//! - [`create`]: BASE_BACKUP over the replication protocol, streamed through [`chunks`]
+//!   (tar parsing, CRC-32C per file, zstd, parallel uploads) into the repository, checked
+//!   against the server's manifest, recorded only once its WAL is archived;
+//! - [`list`]: the catalog entries;
+//! - [`verify`]: every chunk, every file and the WAL of stored backups.
+//!
+//! What is stored is described in `common::catalog` and docs/basebackup.md.
+
+pub mod chunks;
+pub mod cli;
+pub mod create;
+pub mod list;
+pub mod progress;
+pub mod verify;
+pub mod wal;
+
+use std::time::Duration;
+
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+
+use crate::cli::{Cli, Command};
+
+/// Runs one command to completion on a small multi-threaded runtime (uploads and downloads
+/// overlap with the socket reader; compression has its own threads).
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let config = Config::resolve(&cli.repo)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Create { label, fast: _, spread, wal_timeout } => {
+                let conninfo = cli.dbname.clone().or_else(|| config.dbname.clone()).unwrap_or_default();
+                let opts = create::CreateOptions {
+                    label,
+                    fast: !spread,
+                    wal_timeout: Duration::from_secs(wal_timeout),
+                    progress: true,
+                    chunks: None,
+                };
+                let entry = create::create(&config, &conninfo, opts).await?;
+                println!("{}", entry.id);
+                Ok(())
+            }
+            Command::List { json } => list::list(&config, json).await,
+            Command::Verify { id, all } => verify::verify(&config, id, all).await,
+        }
+    })
+}

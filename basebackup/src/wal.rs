@@ -1,0 +1,78 @@
+//! The WAL a backup needs: every segment from the one holding the start LSN to the one holding
+//! the last byte before the stop LSN, on the backup's timeline, checked by exact key.
+
+use std::time::{Duration, Instant};
+
+use common::exit::Failure;
+use common::lsn::Lsn;
+use common::repository::Repository;
+use common::wal::{TimelineId, WalFileName, WalSegmentSize};
+
+/// First and last segment numbers needed by a backup from `start` to `stop` (PostgreSQL's
+/// `XLByteToSeg(start)` and `XLByteToPrevSeg(stop)`).
+pub fn segment_range(start: Lsn, stop: Lsn, size: WalSegmentSize) -> (u64, u64) {
+    let first = start.segment_number(size);
+    let last = Lsn(stop.0.saturating_sub(1)).segment_number(size).max(first);
+    (first, last)
+}
+
+/// The first segment of `first..=last` on `timeline` that is not in the repository.
+pub async fn first_missing(
+    repo: &Repository,
+    timeline: TimelineId,
+    first: u64,
+    last: u64,
+    size: WalSegmentSize,
+) -> Result<Option<WalFileName>, Failure> {
+    for seg in first..=last {
+        let name = WalFileName::segment(timeline, seg, size);
+        if repo.wal_header(&name).await?.is_none() {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+/// Waits until every segment of `first..=last` is in the repository; `Ok(Some(name))` names
+/// the one still missing when `timeout` ran out. Found segments are not asked for again.
+pub async fn wait_for(
+    repo: &Repository,
+    timeline: TimelineId,
+    first: u64,
+    last: u64,
+    size: WalSegmentSize,
+    timeout: Duration,
+    mut on_wait: impl FnMut(&WalFileName),
+) -> Result<Option<WalFileName>, Failure> {
+    let deadline = Instant::now() + timeout;
+    let mut next = first;
+    loop {
+        match first_missing(repo, timeline, next, last, size).await? {
+            None => return Ok(None),
+            Some(missing) => {
+                next = missing.segment_number(size).ok().flatten().unwrap_or(next);
+                if Instant::now() >= deadline {
+                    return Ok(Some(missing));
+                }
+                on_wait(&missing);
+                tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_postgres() {
+        let s = WalSegmentSize::DEFAULT;
+        let l = |t: &str| t.parse::<Lsn>().unwrap();
+        assert_eq!(segment_range(l("0/3000028"), l("0/3000100"), s), (3, 3));
+        assert_eq!(segment_range(l("0/3000028"), l("0/5000000"), s), (3, 4), "stop at a boundary");
+        assert_eq!(segment_range(l("0/3000028"), l("0/5000001"), s), (3, 5));
+        assert_eq!(segment_range(l("1/FF000028"), l("2/100"), s), (0x1FF, 0x200));
+    }
+}
