@@ -31,6 +31,9 @@ pub enum FailureKind {
     /// PostgreSQL could not be reached, refused the connection (authentication, pg_hba), or
     /// failed a command (e.g. BASE_BACKUP).
     Server = 9,
+    /// A restore was refused before anything was written: no backup precedes the target, WAL
+    /// between the backup and the target is missing, or the target lies beyond the archive.
+    Refused = 10,
 }
 
 impl FailureKind {
@@ -131,6 +134,7 @@ mod tests {
             FailureKind::Config,
             FailureKind::LocalIo,
             FailureKind::Server,
+            FailureKind::Refused,
         ] {
             assert!(Failure::msg(k, "x").get_exit_code() > 125, "{k:?}");
             assert!(Failure::msg(k, "x").exit_code() <= 125, "{k:?}");

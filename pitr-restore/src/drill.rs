@@ -1,0 +1,194 @@
+//! `--start`: runs the restored server until recovery reached the target, then checks it
+//! answers a query. Used during incidents (the server is left running) and in restore
+//! drills, which report how long the restore took and the time of the last transaction
+//! recovered.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::exit::{Failure, FailureKind};
+use common::pgwire::{ConnParams, Connection};
+
+use crate::target::{Action, Target, TargetKind};
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// Directory of pg_ctl [default: from PG_VERSION, /usr/lib/postgresql/<v>/bin, else PATH].
+    pub pg_bin: Option<PathBuf>,
+    /// How long recovery may take.
+    pub timeout: Duration,
+    /// The query that must succeed at the end.
+    pub smoke_query: String,
+    /// Connection string for the checks [default: the server's socket and port from
+    /// postmaster.pid, database postgres].
+    pub conninfo: Option<String>,
+}
+
+/// What the drill saw.
+#[derive(Debug, Clone)]
+pub struct DrillReport {
+    /// How the server ended up: "promoted", "paused at the target", "shut down at the target".
+    pub state: String,
+    /// `pg_last_xact_replay_timestamp()` (none after a shutdown).
+    pub last_transaction: Option<String>,
+    /// The smoke query's first value.
+    pub smoke: Option<String>,
+    /// Recovery time (server start to target).
+    pub recovery: Duration,
+    /// The server log.
+    pub log: PathBuf,
+}
+
+fn server(msg: impl std::fmt::Display) -> Failure {
+    Failure::msg(FailureKind::Server, msg)
+}
+
+/// The pg_ctl to run for the cluster in `data`.
+pub fn pg_ctl(data: &Path, pg_bin: Option<&Path>) -> PathBuf {
+    if let Some(b) = pg_bin {
+        return b.join("pg_ctl");
+    }
+    if let Ok(v) = std::fs::read_to_string(data.join("PG_VERSION")) {
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", v.trim()));
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("pg_ctl")
+}
+
+/// Last lines of the log that explain a failure.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let important: Vec<&str> = text.lines().filter(|l| l.contains("FATAL") || l.contains("PANIC")).collect();
+    let pick: Vec<&str> = if important.is_empty() {
+        text.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect()
+    } else {
+        important.into_iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect()
+    };
+    pick.join(" | ")
+}
+
+/// postmaster.pid: (port, socket directory).
+fn postmaster_address(data: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let port = lines.get(3)?.trim().to_string();
+    let socket = lines.get(4).map(|s| s.trim().to_string()).unwrap_or_default();
+    Some((port, if socket.is_empty() { "localhost".into() } else { socket }))
+}
+
+async fn query(params: &ConnParams, sql: &str) -> Result<Vec<Option<String>>, common::pgwire::PgWireError> {
+    let mut c = Connection::connect(params).await?;
+    let rs = c.simple_query(sql).await?;
+    let _ = c.terminate().await;
+    Ok(rs.last().and_then(|r| r.rows.first().cloned()).unwrap_or_default())
+}
+
+/// Starts the server on `data` and waits until it reached `target`.
+pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<DrillReport, Failure> {
+    if rustix::process::geteuid().is_root() {
+        return Err(Failure::msg(
+            FailureKind::Usage,
+            "--start: PostgreSQL does not run as root; run pitr-restore as the database's OS user (e.g. postgres)",
+        ));
+    }
+    let log = data.join("pitr-restore-server.log");
+    let ctl = pg_ctl(data, opts.pg_bin.as_deref());
+    let started = Instant::now();
+    let out = tokio::process::Command::new(&ctl)
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-W", "start"])
+        .output()
+        .await
+        .map_err(|e| server(format!("cannot run {}: {e} (set --pg-bin)", ctl.display())))?;
+    if !out.status.success() {
+        return Err(server(format!("{} start failed: {}", ctl.display(), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    // Without a target, recovery ends at the end of the WAL and the server promotes.
+    let action = if target.kind == TargetKind::Latest { Action::Promote } else { target.action };
+    let deadline = started + opts.timeout;
+    let mut seen_pid = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pid_file = data.join("postmaster.pid").exists();
+        seen_pid |= pid_file;
+        if !pid_file && (seen_pid || started.elapsed() > Duration::from_secs(5)) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if action == Action::Shutdown && text.contains("recovery stopping") && !text.contains("FATAL") {
+                return Ok(DrillReport {
+                    state: "shut down at the target".into(),
+                    last_transaction: text
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("last completed transaction was at log time"))
+                        .and_then(|l| l.split("log time ").nth(1))
+                        .map(|s| s.trim().to_string()),
+                    smoke: None,
+                    recovery: started.elapsed(),
+                    log,
+                });
+            }
+            return Err(server(format!(
+                "the restored server stopped before reaching the target: {} (log: {})",
+                log_tail(&log),
+                log.display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(server(format!(
+                "recovery did not reach the target within {:?}; the server is still running (log: {})",
+                opts.timeout,
+                log.display()
+            )));
+        }
+        let conninfo = match &opts.conninfo {
+            Some(c) => c.clone(),
+            None => match postmaster_address(data) {
+                Some((port, host)) => format!("host={host} port={port} dbname=postgres connect_timeout=5"),
+                None => continue,
+            },
+        };
+        let params = ConnParams::parse(&conninfo)
+            .map_err(|e| Failure::msg(FailureKind::Config, format!("--dbname: {e}")))?
+            .with_fallback_application_name("pitr-restore");
+        let state = match query(
+            &params,
+            "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END",
+        )
+        .await
+        {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::debug!(error = %e, "server not ready yet");
+                continue;
+            }
+        };
+        let in_recovery = state.first().cloned().flatten().as_deref() == Some("true");
+        let paused = state.get(1).cloned().flatten().as_deref() == Some("paused");
+        let reached = match action {
+            Action::Promote => !in_recovery,
+            Action::Pause => in_recovery && paused,
+            Action::Shutdown => false,
+        };
+        if !reached {
+            continue;
+        }
+        let recovery = started.elapsed();
+        let last = query(&params, "SELECT pg_last_xact_replay_timestamp()::text")
+            .await
+            .map_err(|e| server(format!("after recovery: {e}")))?;
+        let smoke = query(&params, &opts.smoke_query).await.map_err(|e| server(format!("smoke query failed: {e}")))?;
+        return Ok(DrillReport {
+            state: if action == Action::Promote { "promoted".into() } else { "paused at the target".into() },
+            last_transaction: last.first().cloned().flatten(),
+            smoke: smoke.first().cloned().flatten(),
+            recovery,
+            log,
+        });
+    }
+}

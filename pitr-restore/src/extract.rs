@@ -1,0 +1,291 @@
+//! Rebuilding the data directory from a stored backup: every chunk of every archive is
+//! downloaded and decompressed a few ahead in parallel (each chunk is an independent codec
+//! object, verified against its digest), while one writer thread feeds the tar stream in
+//! order to an extractor that writes files, directories and links under the destination and
+//! computes each file's CRC-32C; at the end the files are checked against the backup's
+//! manifest and the file systems are synced.
+//!
+//! ```text
+//! download+decompress tasks (AHEAD at once) --raw chunk, in order--> writer thread (tar -> files)
+//! ```
+//! Memory is bounded by AHEAD chunks (compressed and raw), whatever the backup's size.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use common::catalog::{self, ArchiveEntry, BackupEntry};
+use common::codec;
+use common::exit::{Failure, FailureKind};
+use common::manifest::Manifest;
+use common::repository::Repository;
+use common::retry::retry;
+use common::storage::{read_all, ObjectKey, StorageError};
+use common::tar::{FileDigest, FileDigests, MemberKind, TarError, TarHeader, TarReader, TarVisitor};
+
+/// Output buffer of each file being written.
+const WRITE_BUFFER: usize = 1 << 20;
+
+fn corrupt(id: &str, msg: impl std::fmt::Display) -> Failure {
+    Failure::msg(FailureKind::Corrupt, format!("backup {id}: {msg}"))
+}
+
+fn local(msg: impl std::fmt::Display) -> Failure {
+    Failure::msg(FailureKind::LocalIo, msg)
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extracted {
+    /// Regular files written.
+    pub files: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Chunks downloaded.
+    pub chunks: u64,
+}
+
+/// Downloads and decompresses the stored manifest of a backup, checking it against the
+/// catalog entry.
+pub async fn manifest(repo: &Repository, e: &BackupEntry) -> Result<Manifest, Failure> {
+    let key = ObjectKey::new(catalog::manifest_key(repo.cluster(), &e.id))?;
+    let obj = fetch(repo, &key, &e.id, "the manifest").await?;
+    let mut bytes = Vec::new();
+    codec::decompress(&obj[..], &mut bytes).map_err(|err| corrupt(&e.id, format!("the manifest is damaged: {err}")))?;
+    let m = Manifest::parse(&bytes).map_err(|err| corrupt(&e.id, err))?;
+    if !m.checksum.eq_ignore_ascii_case(&e.manifest_checksum) {
+        return Err(corrupt(&e.id, "the stored manifest does not match the catalog entry's checksum"));
+    }
+    Ok(m)
+}
+
+async fn fetch(repo: &Repository, key: &ObjectKey, id: &str, what: &str) -> Result<Bytes, Failure> {
+    match retry(repo.retry_policy(), "read backup object", || read_all(repo.storage().as_ref(), key)).await {
+        Ok(b) => Ok(b),
+        Err(StorageError::NotFound { .. }) => {
+            Err(corrupt(id, format!("{what} ({key}) is missing from the repository")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Restores every archive of `e` (the data directory into `data`, tablespace `oid` into
+/// `tablespaces[oid]`), then checks every file against `manifest`. `ahead` chunks are in
+/// flight at once (at least 1).
+pub async fn extract(
+    repo: &Repository,
+    e: &BackupEntry,
+    manifest: &Manifest,
+    data: &Path,
+    tablespaces: &BTreeMap<u32, PathBuf>,
+    ahead: usize,
+) -> Result<Extracted, Failure> {
+    let mut found = BTreeMap::new();
+    let mut total = Extracted::default();
+    for a in &e.archives {
+        let dest = match a.tablespace_oid {
+            None => data.to_path_buf(),
+            Some(oid) => {
+                tablespaces.get(&oid).cloned().ok_or_else(|| local(format!("no destination for tablespace {oid}")))?
+            }
+        };
+        let (files, stats) = extract_archive(repo, &e.id, a, &dest, ahead.max(1)).await?;
+        let prefix = a.tablespace_oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
+        for (path, d) in files {
+            let mut p = prefix.clone().into_bytes();
+            p.extend_from_slice(&path);
+            found.insert(p, d);
+        }
+        total.files += stats.files;
+        total.bytes += stats.bytes;
+        total.chunks += stats.chunks;
+    }
+    manifest
+        .check_files(&found)
+        .map_err(|err| corrupt(&e.id, format!("restored files do not match the manifest: {err}")))?;
+    Ok(total)
+}
+
+async fn extract_archive(
+    repo: &Repository,
+    id: &str,
+    a: &ArchiveEntry,
+    dest: &Path,
+    ahead: usize,
+) -> Result<(BTreeMap<Vec<u8>, FileDigest>, Extracted), Failure> {
+    let keys: Vec<ObjectKey> = (0..a.chunks)
+        .map(|n| ObjectKey::new(catalog::chunk_key(repo.cluster(), id, &a.name, n)))
+        .collect::<Result<_, _>>()?;
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1);
+    let dest_owned = dest.to_path_buf();
+    let writer = std::thread::spawn(move || -> Result<(Extractor, TarReader), TarError> {
+        let mut x = Extractor::new(dest_owned);
+        let mut reader = TarReader::new();
+        for raw in rx {
+            reader.feed(&raw, &mut x)?;
+        }
+        Ok((x, reader))
+    });
+
+    let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>, Failure>>> = VecDeque::new();
+    let mut next = 0;
+    let mut stats = Extracted::default();
+    let mut raw_total = 0u64;
+    let mut failure = None;
+    for n in 0..keys.len() {
+        while next < keys.len() && next < n + ahead {
+            let (r, k, i) = (repo.clone(), keys[next].clone(), id.to_string());
+            let expected = format!("{id}/{}/{next:06}", a.name);
+            let what = format!("archive {} chunk {next:06}", a.name);
+            pending.push_back(tokio::spawn(async move {
+                let obj = fetch(&r, &k, &i, &what).await?;
+                tokio::task::spawn_blocking(move || {
+                    let mut raw = Vec::with_capacity(obj.len() * 4);
+                    let h = codec::decompress(&obj[..], &mut raw)
+                        .map_err(|err| corrupt(&i, format!("{what} ({k}) is damaged: {err}")))?;
+                    if h.name != expected {
+                        return Err(corrupt(&i, format!("{what} ({k}) holds {:?}, not {expected:?}", h.name)));
+                    }
+                    Ok(raw)
+                })
+                .await
+                .map_err(|err| local(format!("decompression task failed: {err}")))?
+            }));
+            next += 1;
+        }
+        let chunk = match pending.pop_front() {
+            Some(t) => t.await.map_err(|err| local(format!("download task failed: {err}"))).and_then(|r| r),
+            None => Err(local("download queue empty")),
+        };
+        match chunk {
+            Ok(raw) => {
+                raw_total += raw.len() as u64;
+                stats.chunks += 1;
+                if tx.send(raw).is_err() {
+                    break; // the writer stopped: its error is reported below
+                }
+            }
+            Err(f) => {
+                failure = Some(f);
+                break;
+            }
+        }
+    }
+    for t in pending {
+        t.abort();
+    }
+    drop(tx);
+    let written = writer.join().map_err(|_| local("the extraction thread panicked"))?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let (x, reader) = match written {
+        Ok(v) => v,
+        Err(TarError::Visitor(msg)) => return Err(local(msg)),
+        Err(err) => return Err(corrupt(id, format!("archive {}: {err}", a.name))),
+    };
+    reader.finish().map_err(|err| corrupt(id, format!("archive {}: {err}", a.name)))?;
+    if raw_total != a.raw_bytes {
+        return Err(corrupt(
+            id,
+            format!("archive {}: its chunks hold {raw_total} bytes, the catalog entry records {}", a.name, a.raw_bytes),
+        ));
+    }
+    stats.files = x.digests.files.len() as u64;
+    stats.bytes = x.bytes;
+    Ok((x.digests.files, stats))
+}
+
+/// The tar visitor that writes members under `root`.
+struct Extractor {
+    root: PathBuf,
+    digests: FileDigests,
+    file: Option<BufWriter<File>>,
+    bytes: u64,
+}
+
+fn visitor_error(msg: String) -> TarError {
+    TarError::Visitor(msg)
+}
+
+impl Extractor {
+    fn new(root: PathBuf) -> Extractor {
+        Extractor { root, digests: FileDigests::new(), file: None, bytes: 0 }
+    }
+
+    /// `root/path`, refusing absolute paths and `..`.
+    fn dest(&self, h: &TarHeader) -> Result<PathBuf, TarError> {
+        let text = String::from_utf8(h.path.clone())
+            .map_err(|_| visitor_error(format!("member name {:?} is not UTF-8", h.path_lossy())))?;
+        let rel = Path::new(text.trim_end_matches('/'));
+        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(visitor_error(format!("refusing member {text:?}: absolute or parent path")));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+impl TarVisitor for Extractor {
+    fn start(&mut self, h: &TarHeader) -> Result<(), TarError> {
+        let path = self.dest(h)?;
+        let io = |what: &str, e: std::io::Error| visitor_error(format!("cannot {what} {}: {e}", path.display()));
+        match &h.kind {
+            MemberKind::Directory => {
+                fs::create_dir_all(&path).map_err(|e| io("create directory", e))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(|e| io("chmod", e))?;
+            }
+            MemberKind::File => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io("create the directory of", e))?;
+                }
+                let mode = if h.mode & 0o777 == 0 { 0o600 } else { h.mode & 0o700 };
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(mode)
+                    .open(&path)
+                    .map_err(|e| io("create", e))?;
+                self.file = Some(BufWriter::with_capacity(WRITE_BUFFER.min(h.size as usize + 1), f));
+            }
+            MemberKind::Symlink => {
+                let target = String::from_utf8_lossy(&h.link_name).into_owned();
+                std::os::unix::fs::symlink(&target, &path).map_err(|e| io("create symlink", e))?;
+            }
+            MemberKind::HardLink | MemberKind::Other(_) => {
+                return Err(visitor_error(format!(
+                    "unexpected {:?} member {} in a PostgreSQL backup",
+                    h.kind,
+                    h.path_lossy()
+                )));
+            }
+        }
+        self.digests.start(h)
+    }
+
+    fn data(&mut self, data: &[u8]) -> Result<(), TarError> {
+        if let Some(f) = &mut self.file {
+            f.write_all(data).map_err(|e| visitor_error(format!("cannot write under {}: {e}", self.root.display())))?;
+            self.bytes += data.len() as u64;
+        }
+        self.digests.data(data)
+    }
+
+    fn end(&mut self) -> Result<(), TarError> {
+        if let Some(f) = self.file.take() {
+            f.into_inner()
+                .map_err(|e| visitor_error(format!("cannot write under {}: {}", self.root.display(), e.error())))?;
+        }
+        self.digests.end()
+    }
+}
+
+/// Flushes everything written under `dir` to stable storage (`syncfs` of its file system).
+pub fn sync_filesystem(dir: &Path) -> Result<(), Failure> {
+    let f = File::open(dir).map_err(|e| local(format!("cannot open {} to sync it: {e}", dir.display())))?;
+    rustix::fs::syncfs(&f).map_err(|e| local(format!("cannot sync the file system of {}: {e}", dir.display())))
+}

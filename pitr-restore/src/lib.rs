@@ -1,0 +1,70 @@
+//! The library behind `pitr-restore`: point-in-time restore of PostgreSQL from a pitr
+//! repository.
+//!
+//! - [`target`]: what to recover to, parsed strictly;
+//! - [`timeline`]: the timeline path recovery follows;
+//! - [`source`]: what the planner reads about archived WAL (the summaries stored with each
+//!   segment);
+//! - [`plan`]: backup choice, WAL continuity and target reachability, decided before anything
+//!   is written;
+//! - [`extract`]: the data directory rebuilt from a backup's chunks, verified;
+//! - [`recovery_conf`]: recovery.signal and the recovery settings;
+//! - [`drill`]: `--start`, running the server to the target;
+//! - [`restore`]: all of it in order.
+
+pub mod cli;
+pub mod drill;
+pub mod extract;
+pub mod plan;
+pub mod recovery_conf;
+pub mod restore;
+pub mod source;
+pub mod target;
+pub mod timeline;
+
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+
+use crate::cli::{Cli, Command};
+
+/// Runs the command line to completion.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let config = Config::resolve(&cli.repo)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+    rt.block_on(async {
+        match cli.command {
+            Some(Command::Plan { target, json }) => {
+                let t = target.target()?;
+                let p = restore::plan(&config, &t, target.backup.as_deref()).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&p).unwrap_or_default());
+                } else {
+                    print!("{}", p.render());
+                }
+                Ok(())
+            }
+            None => {
+                let pgdata = config.pgdata.clone().ok_or_else(|| {
+                    Failure::msg(FailureKind::Usage, "pass --pgdata DIR (-D): the data directory to restore into")
+                })?;
+                let opts = restore::RestoreOptions {
+                    target: cli.target.target()?,
+                    backup: cli.target.backup.clone(),
+                    pgdata,
+                    force: cli.restore.force,
+                    tablespace_map: cli.restore.tablespace_map()?,
+                    jobs: cli.restore.jobs.max(1),
+                    wal_archiver: cli.restore.wal_archiver.clone(),
+                    config_file: cli.repo.config.clone(),
+                    set: cli.restore.settings()?,
+                    start: cli.restore.drill(),
+                };
+                restore::restore(&config, &opts).await
+            }
+        }
+    })
+}

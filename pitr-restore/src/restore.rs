@@ -1,0 +1,309 @@
+//! A restore from start to finish: plan (refusing before anything is written), check the
+//! destination directories, rebuild them from the backup, write the recovery settings, sync,
+//! and optionally start the server until it reached the target.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::catalog::{self, BackupEntry};
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+use common::repository::Repository;
+
+use crate::drill::{self, DrillOptions};
+use crate::extract;
+use crate::plan::{make_plan, Plan};
+use crate::recovery_conf;
+use crate::source::RepoSource;
+use crate::target::Target;
+
+/// Everything `pitr-restore` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The target.
+    pub target: Target,
+    /// Restore this backup instead of the best one.
+    pub backup: Option<String>,
+    /// The data directory to create.
+    pub pgdata: PathBuf,
+    /// Delete what the destination directories hold first.
+    pub force: bool,
+    /// New locations of tablespaces, by oid.
+    pub tablespace_map: BTreeMap<u32, PathBuf>,
+    /// Chunks downloaded and decompressed at once.
+    pub jobs: usize,
+    /// The wal-archiver for restore_command.
+    pub wal_archiver: Option<PathBuf>,
+    /// The configuration file given with --config, passed on to restore_command.
+    pub config_file: Option<PathBuf>,
+    /// Extra settings for postgresql.auto.conf.
+    pub set: Vec<(String, String)>,
+    /// Start the server and wait for the target.
+    pub start: Option<DrillOptions>,
+}
+
+fn local(msg: impl std::fmt::Display) -> Failure {
+    Failure::msg(FailureKind::LocalIo, msg)
+}
+
+async fn open(config: &Config) -> Result<(Repository, Vec<BackupEntry>, common::wal::WalSegmentSize), Failure> {
+    let repo = config.open_repository(false).await?;
+    let Some(info) = repo.cluster_info().await? else {
+        return Err(Failure::msg(
+            FailureKind::Refused,
+            format!(
+                "cluster {:?} has nothing in repository {} (check --repo and --cluster); nothing was written",
+                config.cluster, config.repo
+            ),
+        ));
+    };
+    let backups = catalog::list_entries(&repo).await?;
+    Ok((repo, backups, info.segment_size))
+}
+
+/// Makes the plan (no side effects).
+pub async fn plan(config: &Config, target: &Target, backup: Option<&str>) -> Result<Plan, Failure> {
+    let (repo, backups, size) = open(config).await?;
+    make_plan(RepoSource::new(repo), backups, target, size, backup).await
+}
+
+/// The wal-archiver that restore_command will run.
+pub fn find_wal_archiver(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
+    let usage = |m: String| Failure::msg(FailureKind::Usage, m);
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+        } else {
+            Err(usage(format!("--wal-archiver {}: no such file", p.display())))
+        };
+    }
+    if let Some(sibling) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("wal-archiver"))) {
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("wal-archiver");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(usage(
+        "cannot find wal-archiver for restore_command: install it next to pitr-restore or pass --wal-archiver PATH"
+            .into(),
+    ))
+}
+
+/// What a destination directory looks like before the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Before {
+    Absent,
+    Empty,
+    Cleared,
+}
+
+/// Checks a destination: absent or empty, or non-empty with `force` (then it is cleared
+/// later). A data directory with a live server is never touched.
+fn check_destination(dir: &Path, force: bool, what: &str) -> Result<Before, Failure> {
+    match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Before::Absent),
+        Err(e) => Err(local(format!("cannot read {what} {}: {e}", dir.display()))),
+        Ok(entries) => {
+            let n = entries.count();
+            if n == 0 {
+                return Ok(Before::Empty);
+            }
+            let pid = dir.join("postmaster.pid");
+            if pid.exists() {
+                return Err(Failure::msg(
+                    FailureKind::Conflict,
+                    format!(
+                        "{what} {} holds postmaster.pid: a server may be running on it; stop it (pg_ctl stop) \
+                         and remove the file if it is stale; nothing was written",
+                        dir.display()
+                    ),
+                ));
+            }
+            if force {
+                Ok(Before::Cleared)
+            } else {
+                Err(Failure::msg(
+                    FailureKind::Conflict,
+                    format!(
+                        "{what} {} is not empty ({n} entries): restore into a new or empty directory, or pass --force \
+                         to delete its contents first; nothing was written",
+                        dir.display()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Removes everything inside `dir`.
+fn clear(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(e.path())?;
+        } else {
+            fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates or empties `dir` with mode 0700.
+fn prepare(dir: &Path, before: Before) -> Result<(), Failure> {
+    let io = |e: std::io::Error| local(format!("cannot prepare {}: {e}", dir.display()));
+    match before {
+        Before::Absent => fs::create_dir_all(dir).map_err(io)?,
+        Before::Cleared => clear(dir).map_err(io)?,
+        Before::Empty => {}
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Undoes a failed restore: leaves each destination as absent or empty.
+fn undo(dirs: &[(PathBuf, Before)]) {
+    for (d, before) in dirs {
+        let r = match before {
+            Before::Absent => fs::remove_dir_all(d),
+            _ => clear(d),
+        };
+        if let Err(e) = r {
+            tracing::warn!(dir = %d.display(), error = %e, "could not remove a partial restore");
+        }
+    }
+}
+
+/// Rewrites `tablespace_map` lines of remapped tablespaces.
+fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>) -> Result<(), Failure> {
+    if map.is_empty() {
+        return Ok(());
+    }
+    let p = data.join("tablespace_map");
+    let text = fs::read_to_string(&p).map_err(|e| local(format!("cannot read {}: {e}", p.display())))?;
+    let mut out = String::new();
+    for line in text.lines() {
+        let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
+        match oid.and_then(|o| map.get(&o).map(|d| (o, d))) {
+            Some((o, d)) => {
+                let escaped = d.display().to_string().replace('\\', "\\\\").replace('\n', "\\\n");
+                out.push_str(&format!("{o} {escaped}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    fs::write(&p, out).map_err(|e| local(format!("cannot write {}: {e}", p.display())))
+}
+
+/// Restores according to `opts`; prints what it did.
+pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    let (repo, backups, size) = open(config).await?;
+    let plan = make_plan(RepoSource::new(repo.clone()), backups, &opts.target, size, opts.backup.as_deref()).await?;
+    let backup = plan.backup.clone();
+    eprint!("{}", plan.render());
+
+    // Destinations, checked before anything is written.
+    let mut tablespaces = BTreeMap::new();
+    for a in &backup.archives {
+        if let Some(oid) = a.tablespace_oid {
+            let dir = match opts.tablespace_map.get(&oid) {
+                Some(d) => d.clone(),
+                None => PathBuf::from(a.tablespace_path.clone().ok_or_else(|| {
+                    Failure::msg(
+                        FailureKind::Corrupt,
+                        format!("backup {}: tablespace {oid} has no location", backup.id),
+                    )
+                })?),
+            };
+            tablespaces.insert(oid, dir);
+        }
+    }
+    for oid in opts.tablespace_map.keys() {
+        if !tablespaces.contains_key(oid) {
+            return Err(Failure::msg(
+                FailureKind::Usage,
+                format!("--tablespace {oid}=...: backup {} has no tablespace {oid}", backup.id),
+            ));
+        }
+    }
+    let mut dirs = vec![(opts.pgdata.clone(), check_destination(&opts.pgdata, opts.force, "data directory")?)];
+    for (oid, d) in &tablespaces {
+        dirs.push((d.clone(), check_destination(d, opts.force, &format!("tablespace {oid} directory"))?));
+    }
+    let wal_archiver = find_wal_archiver(opts.wal_archiver.as_deref())?;
+    let manifest = extract::manifest(&repo, &backup).await?;
+
+    for (d, before) in &dirs {
+        if let Err(f) = prepare(d, *before) {
+            undo(&dirs);
+            return Err(f);
+        }
+    }
+    let written = async {
+        let stats = extract::extract(&repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs).await?;
+        remap_tablespaces(&opts.pgdata, &opts.tablespace_map)?;
+        let command = recovery_conf::restore_command(&wal_archiver, config, opts.config_file.as_deref());
+        let lines = recovery_conf::settings(&command, &opts.target, plan.timeline, &opts.set);
+        let header = format!(
+            "Recovery settings written by pitr-restore {}: backup {}, target {}",
+            env!("CARGO_PKG_VERSION"),
+            backup.id,
+            plan.target
+        );
+        recovery_conf::write(&opts.pgdata, &header, &lines)?;
+        for (d, _) in &dirs {
+            extract::sync_filesystem(d)?;
+        }
+        Ok::<_, Failure>(stats)
+    }
+    .await;
+    let stats = match written {
+        Ok(s) => s,
+        Err(f) => {
+            undo(&dirs);
+            return Err(Failure::msg(f.kind, format!("{f}; the partial restore was removed")));
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "restored backup {} into {}: {} files, {:.1} MB in {:.1} s ({:.0} MB/s); recovery settings written for {}",
+        backup.id,
+        opts.pgdata.display(),
+        stats.files,
+        stats.bytes as f64 / 1e6,
+        secs,
+        stats.bytes as f64 / 1e6 / secs.max(1e-3),
+        plan.target
+    );
+    let Some(drill_opts) = &opts.start else {
+        println!(
+            "next: start the server (pg_ctl -D {} start); it replays WAL through restore_command and stops {}",
+            opts.pgdata.display(),
+            plan.stop
+        );
+        return Ok(());
+    };
+    let report = drill::run(&opts.pgdata, &opts.target, drill_opts).await?;
+    println!(
+        "server {} after {:.1} s of recovery; total time {:.1} s; last transaction recovered: {}; smoke query: {}; log: {}",
+        report.state,
+        report.recovery.as_secs_f64(),
+        t0.elapsed().as_secs_f64(),
+        report.last_transaction.as_deref().unwrap_or("none"),
+        report.smoke.as_deref().unwrap_or("-"),
+        report.log.display()
+    );
+    Ok(())
+}
