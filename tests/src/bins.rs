@@ -75,6 +75,18 @@ pub fn basebackup() -> Command {
     c
 }
 
+/// A command for `pitr-restore` with a clean environment (no stray PITR_* from the caller).
+pub fn pitr_restore() -> Command {
+    let mut c = Command::new(bin("pitr-restore"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
+            c.env_remove(k);
+        }
+    }
+    c.env("PITR_RETRIES", "1");
+    c
+}
+
 /// Runs a command to completion.
 pub fn run(mut c: Command) -> Run {
     c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}")).into()

@@ -1,0 +1,311 @@
+//! End to end: point-in-time restores with `pitr-restore` from backups taken by `basebackup`
+//! and WAL archived by `wal-archiver push`, on real PostgreSQL 15, local and S3 (moto)
+//! repositories.
+//!
+//! Marker rows: after a backup, row A commits, the test records time T, LSN L and a restore
+//! point, then row B commits well apart; restoring to T, L, A's xid or the restore point gives
+//! A without B, and restoring to the latest WAL gives both. Timelines: a restore to T promoted
+//! (timeline 2) keeps archiving; a restore to a time on timeline 2 follows it. Refusals: a
+//! target before the oldest backup, a missing segment, a target beyond the archived WAL, a
+//! damaged backup, a non-empty directory: each refused with one clear line and nothing
+//! written. The restored cluster passes pg_amcheck.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pitr_tests::bins::{self, Run};
+use pitr_tests::pg::{as_server_user, free_port, give_to_server_user, pg_bin, scratch_dir, server_user, TestCluster};
+use pitr_tests::repo::TestRepo;
+use pitr_tests::s3;
+
+/// Runs `cmd` as the server's OS user with the repository's environment.
+fn as_postgres(mut c: Command, repo: &TestRepo) -> Command {
+    c.envs(repo.env.iter().map(|(k, v)| (k, v)));
+    if let Some((uid, gid)) = server_user() {
+        c.uid(uid).gid(gid);
+        c.env("HOME", "/tmp");
+    }
+    c
+}
+
+fn basebackup(repo: &TestRepo, cluster: &TestCluster) -> String {
+    let mut c = as_postgres(bins::basebackup(), repo);
+    c.env("PITR_DBNAME", format!("host={} port={} user=postgres", cluster.socket_dir.display(), cluster.port));
+    c.args(["create", "--wal-timeout", "60"]);
+    bins::run(c).ok().trim().to_string()
+}
+
+fn pitr_restore(repo: &TestRepo, args: &[&str]) -> Run {
+    let mut c = as_postgres(bins::pitr_restore(), repo);
+    c.env("PGUSER", "postgres");
+    c.args(args);
+    bins::run(c)
+}
+
+/// Asserts a failure with `code` whose one error line names `needle`.
+fn refused(r: &Run, code: i32, needle: &str) {
+    assert_eq!(r.code, code, "wrong exit code: {r:#?}");
+    let errors: Vec<&str> = r.stderr.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line: {r:#?}");
+    assert!(errors[0].contains(needle), "error line {:?} does not mention {needle:?}", errors[0]);
+}
+
+/// A restored server: where it is and how to query it.
+struct Restored {
+    data: PathBuf,
+    socket: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Restored {
+    fn sql(&self, sql: &str) -> String {
+        let out = as_server_user(pg_bin().join("psql"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.socket.to_str().unwrap()])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn markers(&self) -> String {
+        self.sql("SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM marks")
+    }
+
+    fn stop(&self) {
+        let _ = as_server_user(pg_bin().join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-m", "fast", "-w", "-t", "60", "stop"])
+            .output();
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Restores with `args` into a new directory and starts the server (`--start`): the drill
+/// waits for the target; returns the running server and pitr-restore's output. The restored
+/// server does not archive (as in a restore drill), so it adds no timeline to the repository.
+fn restore_and_start(repo: &TestRepo, label: &str, args: &[&str]) -> (Restored, Run) {
+    let mut all = vec!["--set", "archive_mode=off"];
+    all.extend_from_slice(args);
+    restore_and_start_archiving(repo, label, &all)
+}
+
+/// [`restore_and_start`] keeping the backup's archive settings: once promoted, the server
+/// archives its new timeline into the same repository.
+fn restore_and_start_archiving(repo: &TestRepo, label: &str, args: &[&str]) -> (Restored, Run) {
+    let dir = scratch_dir(label);
+    give_to_server_user(dir.path());
+    let data = dir.path().join("data");
+    let port = free_port();
+    let d = data.display().to_string();
+    let sock = dir.path().display().to_string();
+    let mut all = vec!["--pgdata", &d, "--start", "--start-timeout", "120"];
+    let port_s = format!("port={port}");
+    let sock_s = format!("unix_socket_directories={sock}");
+    all.extend(["--set", &port_s, "--set", &sock_s, "--set", "listen_addresses="]);
+    all.extend_from_slice(args);
+    let r = pitr_restore(repo, &all);
+    let restored = Restored { data, socket: dir.path().to_path_buf(), port, _dir: dir };
+    assert_eq!(r.code, 0, "restore {args:?} failed: {r:#?}\nserver log:\n{}", server_log(&restored.data));
+    (restored, r)
+}
+
+fn server_log(data: &Path) -> String {
+    std::fs::read_to_string(data.join("pitr-restore-server.log")).unwrap_or_default()
+}
+
+/// What the primary recorded around the marker rows.
+struct Markers {
+    before_backup: String,
+    t: String,
+    lsn: String,
+    xid_a: String,
+}
+
+fn primary(repo: &TestRepo, label: &str) -> TestCluster {
+    let mut c = TestCluster::init(label, &["archive_mode = on".into(), repo.archive_command()]);
+    for (k, v) in &repo.env {
+        c.env(k, v);
+    }
+    c.start();
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+    c
+}
+
+/// Backup, then A, T/L/restore point, B, C well apart; everything archived.
+fn backup_and_markers(repo: &TestRepo, c: &TestCluster) -> (String, Markers) {
+    let before_backup = c.sql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    let id = basebackup(repo, c);
+    c.sql("CREATE TABLE marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let out = c.sql("INSERT INTO marks (name) VALUES ('A') RETURNING txid_current()");
+    let xid_a = out.lines().next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = c.sql("SELECT clock_timestamp()");
+    let lsn = c.sql("SELECT pg_current_wal_lsn()");
+    c.sql("SELECT pg_create_restore_point('before-b')");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.sql("INSERT INTO marks (name) VALUES ('B')");
+    c.pgbench(&["-t", "200", "-c", "2"]);
+    std::thread::sleep(Duration::from_millis(200));
+    c.sql("INSERT INTO marks (name) VALUES ('C')");
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
+    (id, Markers { before_backup, t, lsn, xid_a })
+}
+
+/// The marker scenarios against one repository; `all` adds the LSN, xid and name targets and
+/// the timeline scenario.
+fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Markers) {
+    let c = primary(repo, label);
+    let (_id, m) = backup_and_markers(repo, &c);
+
+    // plan first: it names the backup and the WAL, and writes nothing.
+    let r = pitr_restore(repo, &["plan", "--target-time", &m.t]);
+    let out = r.ok();
+    assert!(out.contains("backup:") && out.contains("WAL:"), "{out}");
+
+    let (s, r) = restore_and_start(repo, &format!("{label}-time"), &["--target-time", &m.t]);
+    assert_eq!(s.markers(), "A", "restore to T: {r:#?}");
+    assert!(r.stdout.contains("server promoted") && r.stdout.contains("last transaction recovered"), "{r:#?}");
+    drop(s);
+
+    let (s, _) = restore_and_start(repo, &format!("{label}-latest"), &[]);
+    assert_eq!(s.markers(), "A,B,C", "restore to the latest WAL");
+    // The restored cluster is sound: pg_amcheck over every relation and index.
+    let out = as_server_user(pg_bin().join("pg_amcheck"))
+        .args(["--install-missing", "-h", s.socket.to_str().unwrap(), "-p", &s.port.to_string()])
+        .args(["-U", "postgres", "--heapallindexed", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_amcheck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(s);
+
+    if all {
+        let (s, _) = restore_and_start(repo, &format!("{label}-lsn"), &["--target-lsn", &m.lsn]);
+        assert_eq!(s.markers(), "A", "restore to L");
+        drop(s);
+        let (s, _) = restore_and_start(repo, &format!("{label}-xid"), &["--target-xid", &m.xid_a]);
+        assert_eq!(s.markers(), "A", "restore to A's xid");
+        drop(s);
+        let (s, _) = restore_and_start(
+            repo,
+            &format!("{label}-name"),
+            &["--target-name", "before-b", "--target-action", "pause"],
+        );
+        assert_eq!(s.markers(), "A", "restore to the restore point");
+        assert_eq!(s.sql("SELECT pg_is_in_recovery()"), "t", "paused at the target, still in recovery");
+        drop(s);
+    }
+    (c, m)
+}
+
+#[test]
+fn local_point_in_time_restores_timelines_and_refusals() {
+    let repo = TestRepo::local();
+    let (primary, m) = marker_scenarios(&repo, "pitr-local", true);
+
+    // Timelines: restore to T and promote (timeline 2), keep writing and archiving there.
+    let (tl2, _) = restore_and_start_archiving(&repo, "pitr-tl2", &["--target-time", &m.t]);
+    assert_eq!(tl2.sql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    tl2.sql("INSERT INTO marks (name) VALUES ('D')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t2 = tl2.sql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    tl2.sql("INSERT INTO marks (name) VALUES ('E')");
+    tl2.sql("SELECT pg_switch_wal()");
+    let seg = tl2.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    tl2.sql("SELECT pg_switch_wal()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while tl2.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg {
+        assert!(std::time::Instant::now() < deadline, "timeline 2 not archived: {}", server_log(&tl2.data));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Meanwhile timeline 1 goes on too (the old primary), with later commits.
+    primary.sql("INSERT INTO marks (name) VALUES ('F')");
+    let seg1 = primary.switch_wal();
+    primary.wait_archived(&seg1, Duration::from_secs(60));
+
+    let plan = pitr_restore(&repo, &["plan", "--target-time", &t2]);
+    assert!(plan.ok().contains("timelines:     1 → 2"), "{plan:#?}");
+    let (s, _) = restore_and_start(&repo, "pitr-tl2-time", &["--target-time", &t2]);
+    assert_eq!(s.markers(), "A,D", "timeline 2 at T2: A and D, not B/C (timeline 1 after the fork) nor E");
+    drop(s);
+    let (s, _) = restore_and_start(&repo, "pitr-tl1-latest", &["--target-timeline", "1"]);
+    assert_eq!(s.markers(), "A,B,C,F", "timeline 1 followed explicitly");
+    drop(s);
+    drop(tl2);
+
+    // Refusals: nothing is written, one clear line each.
+    let dir = scratch_dir("pitr-refused");
+    give_to_server_user(dir.path());
+    let data = dir.path().join("data");
+    let d = data.display().to_string();
+    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-time", &m.before_backup]);
+    refused(&r, 10, "before the end of the oldest usable backup");
+    assert!(!data.exists(), "nothing written");
+    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-time", "2999-01-01 00:00:00+00"]);
+    refused(&r, 10, "beyond the archived WAL");
+    assert!(!data.exists());
+    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-time", "2026-01-01 00:00:00"]);
+    refused(&r, 2, "no time zone");
+
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("keep-me"), b"x").unwrap();
+    give_to_server_user(dir.path());
+    let r = pitr_restore(&repo, &["--pgdata", &d]);
+    refused(&r, 4, "is not empty");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "left as it was");
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // A missing segment between the backup and the target.
+    let repo_dir = repo.dir.clone().unwrap();
+    let first: Vec<String> = std::fs::read_dir(repo_dir.join("main/wal/0000000100000000"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names: Vec<&String> = first.iter().filter(|n| n.len() == 28).collect();
+    names.sort();
+    let victim = names[names.len() - 2].clone();
+    let hidden = repo_dir.join("hidden-segment");
+    std::fs::rename(repo_dir.join("main/wal/0000000100000000").join(&victim), &hidden).unwrap();
+    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-timeline", "1"]);
+    refused(&r, 10, &format!("{} is missing", victim.trim_end_matches(".zst")));
+    assert!(!data.exists());
+    std::fs::rename(&hidden, repo_dir.join("main/wal/0000000100000000").join(&victim)).unwrap();
+
+    // A damaged backup: the restore fails with exit 6 and removes what it wrote.
+    let backups = repo_dir.join("main/backups");
+    let id = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| !n.ends_with(".json"))
+        .unwrap();
+    let chunk = backups.join(&id).join("base.tar").join("000000.zst");
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&chunk, &bytes).unwrap();
+    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-timeline", "1"]);
+    refused(&r, 6, "is damaged");
+    assert!(!data.exists(), "the partial restore was removed");
+}
+
+#[test]
+fn s3_point_in_time_restores() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = rt.block_on(TestRepo::s3(s3::moto()));
+    marker_scenarios(&repo, "pitr-s3", false);
+}
