@@ -106,7 +106,8 @@ fn restore_and_start_archiving(repo: &TestRepo, label: &str, args: &[&str]) -> (
     let port = free_port();
     let d = data.display().to_string();
     let sock = dir.path().display().to_string();
-    let mut all = vec!["--pgdata", &d, "--start", "--start-timeout", "120"];
+    let ts_map = format!("{}={}", TS_OID.with(|o| o.borrow().clone()), dir.path().join("ts").display());
+    let mut all = vec!["--pgdata", &d, "--start", "--start-timeout", "120", "--tablespace", &ts_map];
     let port_s = format!("port={port}");
     let sock_s = format!("unix_socket_directories={sock}");
     all.extend(["--set", &port_s, "--set", &sock_s, "--set", "listen_addresses="]);
@@ -129,14 +130,29 @@ struct Markers {
     xid_a: String,
 }
 
-fn primary(repo: &TestRepo, label: &str) -> TestCluster {
+/// A primary archiving into `repo`, with pgbench data and a table in tablespace `extra`
+/// (whose directory stays in use, so restores relocate it with `--tablespace`).
+fn primary(repo: &TestRepo, label: &str) -> (TestCluster, tempfile::TempDir) {
     let mut c = TestCluster::init(label, &["archive_mode = on".into(), repo.archive_command()]);
     for (k, v) in &repo.env {
         c.env(k, v);
     }
     c.start();
+    let ts_dir = scratch_dir(&format!("{label}-ts"));
+    let location = ts_dir.path().join("ts");
+    std::fs::create_dir(&location).unwrap();
+    give_to_server_user(&location);
+    c.sql(&format!("CREATE TABLESPACE extra LOCATION '{}'", location.display()));
+    c.sql("CREATE TABLE in_extra TABLESPACE extra AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 5000) g");
+    c.sql("CREATE INDEX ON in_extra (id) TABLESPACE extra");
     c.pgbench(&["-i", "-s", "2", "-q"]);
-    c
+    TS_OID.with(|o| *o.borrow_mut() = c.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'"));
+    (c, ts_dir)
+}
+
+thread_local! {
+    /// The oid of the primary's tablespace in this test's thread.
+    static TS_OID: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Backup, then A, T/L/restore point, B, C well apart; everything archived.
@@ -163,8 +179,8 @@ fn backup_and_markers(repo: &TestRepo, c: &TestCluster) -> (String, Markers) {
 
 /// The marker scenarios against one repository; `all` adds the LSN, xid and name targets and
 /// the timeline scenario.
-fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Markers) {
-    let c = primary(repo, label);
+fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Markers, tempfile::TempDir) {
+    let (c, ts_dir) = primary(repo, label);
     let (_id, m) = backup_and_markers(repo, &c);
 
     // plan first: it names the backup and the WAL, and writes nothing.
@@ -179,6 +195,9 @@ fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Ma
 
     let (s, _) = restore_and_start(repo, &format!("{label}-latest"), &[]);
     assert_eq!(s.markers(), "A,B,C", "restore to the latest WAL");
+    assert_eq!(s.sql("SELECT count(*), sum(id) FROM in_extra WHERE note = md5(id::text)"), "5000|12502500");
+    let link = std::fs::read_link(s.data.join("pg_tblspc").join(TS_OID.with(|o| o.borrow().clone()))).unwrap();
+    assert_eq!(link, s.data.parent().unwrap().join("ts"), "the tablespace was relocated");
     // The restored cluster is sound: pg_amcheck over every relation and index.
     let out = as_server_user(pg_bin().join("pg_amcheck"))
         .args(["--install-missing", "-h", s.socket.to_str().unwrap(), "-p", &s.port.to_string()])
@@ -209,13 +228,13 @@ fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Ma
         assert_eq!(s.sql("SELECT pg_is_in_recovery()"), "t", "paused at the target, still in recovery");
         drop(s);
     }
-    (c, m)
+    (c, m, ts_dir)
 }
 
 #[test]
 fn local_point_in_time_restores_timelines_and_refusals() {
     let repo = TestRepo::local();
-    let (primary, m) = marker_scenarios(&repo, "pitr-local", true);
+    let (primary, m, _ts) = marker_scenarios(&repo, "pitr-local", true);
 
     // Timelines: restore to T and promote (timeline 2), keep writing and archiving there.
     let (tl2, _) = restore_and_start_archiving(&repo, "pitr-tl2", &["--target-time", &m.t]);
@@ -298,9 +317,11 @@ fn local_point_in_time_restores_timelines_and_refusals() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;
     std::fs::write(&chunk, &bytes).unwrap();
-    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-timeline", "1"]);
+    let ts = dir.path().join("ts");
+    let ts_map = format!("{}={}", TS_OID.with(|o| o.borrow().clone()), ts.display());
+    let r = pitr_restore(&repo, &["--pgdata", &d, "--target-timeline", "1", "--tablespace", &ts_map]);
     refused(&r, 6, "is damaged");
-    assert!(!data.exists(), "the partial restore was removed");
+    assert!(!data.exists() && !ts.exists(), "the partial restore was removed");
 }
 
 #[test]
