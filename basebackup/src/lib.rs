@@ -20,7 +20,7 @@ pub mod wal;
 use std::time::Duration;
 
 use common::config::Config;
-use common::exit::{Failure, FailureKind};
+use common::exit::Failure;
 
 use crate::cli::{Cli, Command};
 
@@ -28,11 +28,7 @@ use crate::cli::{Cli, Command};
 /// overlap with the socket reader; compression has its own threads).
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+    let rt = common::cmdline::runtime(2)?;
     rt.block_on(async {
         match cli.command {
             Command::Create { label, fast: _, spread, wal_timeout } => {

@@ -6,18 +6,11 @@
 use std::process::ExitCode;
 
 use basebackup::cli::Cli;
-use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match common::cmdline::parse(2) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => 2,
-            });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     common::telemetry::init(cli.verbose);
     let what = cli.command.name();

@@ -17,8 +17,7 @@ use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::manifest::Manifest;
 use common::repository::Repository;
-use common::retry::retry;
-use common::storage::{read_all, ObjectKey, StorageError};
+use common::storage::ObjectKey;
 use common::tar::{FileDigest, FileDigests, TarError, TarReader};
 use common::wal::{WalFileName, WalSegmentSize};
 
@@ -96,17 +95,6 @@ pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<()
     Ok(())
 }
 
-/// Reads a whole object; a missing object of a recorded backup is damage.
-async fn fetch(repo: &Repository, key: &ObjectKey, id: &str, what: &str) -> Result<Bytes, Failure> {
-    match retry(repo.retry_policy(), "read backup object", || read_all(repo.storage().as_ref(), key)).await {
-        Ok(b) => Ok(b),
-        Err(StorageError::NotFound { .. }) => {
-            Err(corrupt(id, format!("{what} ({key}) is missing from the repository")))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn codec_failure(id: &str, what: &str, key: &ObjectKey, e: CodecError) -> Failure {
     match e {
         CodecError::Io(e) => Failure::msg(FailureKind::LocalIo, format!("backup {id}: reading {what}: {e}")),
@@ -118,7 +106,7 @@ fn codec_failure(id: &str, what: &str, key: &ObjectKey, e: CodecError) -> Failur
 pub async fn verify_backup(repo: &Repository, e: &BackupEntry) -> Result<Verified, Failure> {
     let id = e.id.as_str();
     let manifest_key = ObjectKey::new(catalog::manifest_key(repo.cluster(), id))?;
-    let obj = fetch(repo, &manifest_key, id, "the manifest").await?;
+    let obj = catalog::read_backup_object(repo, &manifest_key, id, "the manifest").await?;
     let mut bytes = Vec::new();
     codec::decompress(&obj[..], &mut bytes).map_err(|err| codec_failure(id, "the manifest", &manifest_key, err))?;
     let manifest = Manifest::parse(&bytes).map_err(|err| corrupt(id, err))?;
@@ -204,7 +192,7 @@ async fn verify_archive(
         while next_download < keys.len() && next_download <= n + AHEAD {
             let (r, k, i) = (repo.clone(), keys[next_download].clone(), id.to_string());
             let what = format!("archive {} chunk {next_download:06}", a.name);
-            pending.push_back(tokio::spawn(async move { fetch(&r, &k, &i, &what).await }));
+            pending.push_back(tokio::spawn(async move { catalog::read_backup_object(&r, &k, &i, &what).await }));
             next_download += 1;
         }
         let what = format!("archive {} chunk {n:06}", a.name);

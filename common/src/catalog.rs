@@ -169,6 +169,25 @@ fn parse_entry(key: &ObjectKey, bytes: &[u8]) -> Result<BackupEntry, RepositoryE
     Ok(e)
 }
 
+/// Reads an object of a recorded backup (a chunk or the manifest) whole; a missing one is
+/// damage to that backup (exit 6), other failures are the repository's.
+pub async fn read_backup_object(
+    repo: &Repository,
+    key: &ObjectKey,
+    id: &str,
+    what: &str,
+) -> Result<bytes::Bytes, crate::exit::Failure> {
+    use crate::exit::{Failure, FailureKind};
+    match retry(repo.retry_policy(), "read backup object", || read_all(repo.storage().as_ref(), key)).await {
+        Ok(b) => Ok(b),
+        Err(crate::storage::StorageError::NotFound { .. }) => Err(Failure::msg(
+            FailureKind::Corrupt,
+            format!("backup {id}: {what} ({key}) is missing from the repository"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Every finished backup of the repository's cluster, sorted by id: the catalog entries
 /// found by listing `backups/`, each read by its exact key (chunk objects without an entry
 /// are ignored).

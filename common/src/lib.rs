@@ -1,10 +1,11 @@
 //! What pitr's programs share: the PostgreSQL WAL vocabulary ([`lsn`], [`wal`]), the storage
 //! trait and its backends ([`storage`]), compression with digests ([`codec`]), the repository
 //! layout ([`repository`]), the backup catalog ([`catalog`]), PostgreSQL's backup manifest
-//! ([`manifest`]), a streaming tar reader ([`tar`]), configuration ([`config`]), retries
+//! ([`manifest`]), a streaming tar reader ([`tar`]), configuration ([`config`]), what every `main` shares ([`cmdline`]), retries
 //! ([`retry`]), exit codes ([`exit`]) and logging setup ([`telemetry`]).
 
 pub mod catalog;
+pub mod cmdline;
 pub mod codec;
 pub mod config;
 pub mod exit;

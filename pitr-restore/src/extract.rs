@@ -17,14 +17,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
-use bytes::Bytes;
 use common::catalog::{self, ArchiveEntry, BackupEntry};
 use common::codec;
 use common::exit::{Failure, FailureKind};
 use common::manifest::Manifest;
 use common::repository::Repository;
-use common::retry::retry;
-use common::storage::{read_all, ObjectKey, StorageError};
+use common::storage::ObjectKey;
 use common::tar::{FileDigest, FileDigests, MemberKind, TarError, TarHeader, TarReader, TarVisitor};
 
 /// Output buffer of each file being written.
@@ -53,7 +51,7 @@ pub struct Extracted {
 /// catalog entry.
 pub async fn manifest(repo: &Repository, e: &BackupEntry) -> Result<Manifest, Failure> {
     let key = ObjectKey::new(catalog::manifest_key(repo.cluster(), &e.id))?;
-    let obj = fetch(repo, &key, &e.id, "the manifest").await?;
+    let obj = catalog::read_backup_object(repo, &key, &e.id, "the manifest").await?;
     let mut bytes = Vec::new();
     codec::decompress(&obj[..], &mut bytes).map_err(|err| corrupt(&e.id, format!("the manifest is damaged: {err}")))?;
     let m = Manifest::parse(&bytes).map_err(|err| corrupt(&e.id, err))?;
@@ -61,16 +59,6 @@ pub async fn manifest(repo: &Repository, e: &BackupEntry) -> Result<Manifest, Fa
         return Err(corrupt(&e.id, "the stored manifest does not match the catalog entry's checksum"));
     }
     Ok(m)
-}
-
-async fn fetch(repo: &Repository, key: &ObjectKey, id: &str, what: &str) -> Result<Bytes, Failure> {
-    match retry(repo.retry_policy(), "read backup object", || read_all(repo.storage().as_ref(), key)).await {
-        Ok(b) => Ok(b),
-        Err(StorageError::NotFound { .. }) => {
-            Err(corrupt(id, format!("{what} ({key}) is missing from the repository")))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Restores every archive of `e` (the data directory into `data`, tablespace `oid` into
@@ -142,7 +130,7 @@ async fn extract_archive(
             let expected = format!("{id}/{}/{next:06}", a.name);
             let what = format!("archive {} chunk {next:06}", a.name);
             pending.push_back(tokio::spawn(async move {
-                let obj = fetch(&r, &k, &i, &what).await?;
+                let obj = catalog::read_backup_object(&r, &k, &i, &what).await?;
                 tokio::task::spawn_blocking(move || {
                     let mut raw = Vec::with_capacity(obj.len() * 4);
                     let h = codec::decompress(&obj[..], &mut raw)

@@ -30,11 +30,7 @@ use crate::cli::{Cli, Command};
 /// Runs the command line to completion.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+    let rt = common::cmdline::runtime(2)?;
     rt.block_on(async {
         match cli.command {
             Some(Command::Plan { target, json }) => {

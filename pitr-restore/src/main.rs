@@ -4,19 +4,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use pitr_restore::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match common::cmdline::parse(2) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => 2,
-            });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     common::telemetry::init(cli.verbose);
     let what = if cli.command.is_some() { "plan" } else { "restore" };

@@ -51,40 +51,32 @@ impl Run {
     }
 }
 
-/// A command for `wal-archiver` with a clean environment (no stray PITR_* from the caller).
+/// A command for workspace binary `name` with a clean environment (no stray PITR_* from the
+/// caller) and one retry, so failure tests stay quick.
+fn clean_command(name: &str) -> Command {
+    let mut c = Command::new(bin(name));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
+            c.env_remove(k);
+        }
+    }
+    c.env("PITR_RETRIES", "1");
+    c
+}
+
+/// A command for `wal-archiver` with a clean environment.
 pub fn wal_archiver() -> Command {
-    let mut c = Command::new(bin("wal-archiver"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
-            c.env_remove(k);
-        }
-    }
-    c.env("PITR_RETRIES", "1");
-    c
+    clean_command("wal-archiver")
 }
 
-/// A command for `basebackup` with a clean environment (no stray PITR_* from the caller).
+/// A command for `basebackup` with a clean environment.
 pub fn basebackup() -> Command {
-    let mut c = Command::new(bin("basebackup"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
-            c.env_remove(k);
-        }
-    }
-    c.env("PITR_RETRIES", "1");
-    c
+    clean_command("basebackup")
 }
 
-/// A command for `pitr-restore` with a clean environment (no stray PITR_* from the caller).
+/// A command for `pitr-restore` with a clean environment.
 pub fn pitr_restore() -> Command {
-    let mut c = Command::new(bin("pitr-restore"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PITR_") && !k.starts_with("PITR_TEST") {
-            c.env_remove(k);
-        }
-    }
-    c.env("PITR_RETRIES", "1");
-    c
+    clean_command("pitr-restore")
 }
 
 /// Runs a command to completion.

@@ -209,6 +209,18 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Creates tablespace `name` in a new scratch directory owned by the server's OS user;
+    /// returns the directory (keep it alive) and the tablespace's oid.
+    pub fn create_tablespace(&self, name: &str) -> (tempfile::TempDir, String) {
+        let dir = scratch_dir(&format!("ts-{name}"));
+        let location = dir.path().join("ts");
+        fs::create_dir(&location).unwrap();
+        give_to_server_user(&location);
+        self.sql(&format!("CREATE TABLESPACE {name} LOCATION '{}'", location.display()));
+        let oid = self.sql(&format!("SELECT oid FROM pg_tablespace WHERE spcname = '{name}'"));
+        (dir, oid)
+    }
+
     /// Runs pgbench with `args` against this cluster.
     pub fn pgbench(&self, args: &[&str]) {
         let out = as_server_user(pg_bin().join("pgbench"))

@@ -55,11 +55,7 @@ fn primary(repo: &TestRepo, label: &str) -> (TestCluster, tempfile::TempDir) {
         c.env(k, v);
     }
     c.start();
-    let ts_dir = scratch_dir(&format!("{label}-ts"));
-    let location = ts_dir.path().join("ts");
-    std::fs::create_dir(&location).unwrap();
-    give_to_server_user(&location);
-    c.sql(&format!("CREATE TABLESPACE extra LOCATION '{}'", location.display()));
+    let (ts_dir, _) = c.create_tablespace("extra");
     c.sql("CREATE TABLE in_extra (id int, note text) TABLESPACE extra");
     c.sql("INSERT INTO in_extra SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
     c.pgbench(&["-i", "-s", "5", "-q"]);

@@ -138,15 +138,11 @@ fn primary(repo: &TestRepo, label: &str) -> (TestCluster, tempfile::TempDir) {
         c.env(k, v);
     }
     c.start();
-    let ts_dir = scratch_dir(&format!("{label}-ts"));
-    let location = ts_dir.path().join("ts");
-    std::fs::create_dir(&location).unwrap();
-    give_to_server_user(&location);
-    c.sql(&format!("CREATE TABLESPACE extra LOCATION '{}'", location.display()));
+    let (ts_dir, oid) = c.create_tablespace("extra");
     c.sql("CREATE TABLE in_extra TABLESPACE extra AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 5000) g");
     c.sql("CREATE INDEX ON in_extra (id) TABLESPACE extra");
     c.pgbench(&["-i", "-s", "2", "-q"]);
-    TS_OID.with(|o| *o.borrow_mut() = c.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'"));
+    TS_OID.with(|o| *o.borrow_mut() = oid);
     (c, ts_dir)
 }
 

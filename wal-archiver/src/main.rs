@@ -4,22 +4,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use wal_archiver::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let is_get = std::env::args().nth(1).is_some_and(|a| a == "get");
-    let cli = match Cli::try_parse() {
+    // A broken restore_command must abort recovery, not look like "file missing".
+    let cli: Cli = match common::cmdline::parse(if is_get { 202 } else { 2 }) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                // A broken restore_command must abort recovery, not look like "file missing".
-                _ if is_get => 202,
-                _ => 2,
-            });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     common::telemetry::init(cli.verbose);
     let is_get = matches!(cli.command, Command::Get { .. });

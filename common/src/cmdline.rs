@@ -1,0 +1,28 @@
+//! What every pitr binary's `main` does the same way: parse the command line (help and
+//! version exit 0, a usage error exits with the caller's code) and build the tokio runtime a
+//! command runs on.
+
+use clap::Parser;
+
+use crate::exit::{Failure, FailureKind};
+
+/// Parses the command line into `C`; on `--help`/`--version` prints and returns `Err(0)`,
+/// on a usage error prints it and returns `Err(usage_code)`.
+pub fn parse<C: Parser>(usage_code: u8) -> Result<C, u8> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+            _ => usage_code,
+        }
+    })
+}
+
+/// A multi-threaded runtime with `workers` threads (for commands whose transfers overlap).
+pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(FailureKind::LocalIo, e))
+}
