@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::catalog::{chunk_key, ArchiveEntry};
-use common::codec::{self, CompressOptions, ObjectHeader, HEADER_LEN};
+use common::codec::{self, CompressOptions, ObjectHeader};
 use common::exit::{Failure, FailureKind};
-use common::repository::Repository;
+use common::repository::{Repository, RepositoryError};
 use common::retry::retry;
 use common::storage::{Body, ObjectKey, PutMode, StorageError};
 use common::tar::{FileDigest, FileDigests, TarError, TarReader};
@@ -412,18 +412,15 @@ pub async fn put_chunk(repo: &Repository, key: &ObjectKey, body: Bytes, header: 
     .await;
     match put {
         Ok(()) => Ok(()),
-        Err(StorageError::AlreadyExists { .. }) => {
-            let head =
-                retry(repo.retry_policy(), "read object header", || storage.read_range(key, 0..HEADER_LEN as u64))
-                    .await?;
-            match ObjectHeader::decode(&head) {
-                Ok(h) if h == *header => Ok(()),
-                _ => Err(Failure::msg(
-                    FailureKind::Conflict,
-                    format!("{key} already exists in the repository with other content; refusing to overwrite it"),
-                )),
-            }
-        }
+        Err(StorageError::AlreadyExists { .. }) => match repo.object_header(key).await {
+            Ok(Some(h)) if h == *header => Ok(()),
+            Ok(None) => Err(Failure::msg(FailureKind::Storage, format!("{key} exists but cannot be read"))),
+            Err(RepositoryError::Storage(e)) => Err(e.into()),
+            _ => Err(Failure::msg(
+                FailureKind::Conflict,
+                format!("{key} already exists in the repository with other content; refusing to overwrite it"),
+            )),
+        },
         Err(e) => Err(e.into()),
     }
 }

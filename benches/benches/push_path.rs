@@ -1,7 +1,8 @@
 //! Criterion benches of the per-segment hot paths of `wal-archiver push` and `get`.
 //!
-//! push = page-header validation, then compression and BLAKE3 in one pass into a scratch
-//! file, then `LocalStorage::put` (fsync, link, fsync directory). get = decompression with
+//! push = page-header validation, the WAL summary (a walk over every record, CRC-32C
+//! included), then compression and BLAKE3 in one pass into a scratch file, then
+//! `LocalStorage::put` (fsync, link, fsync directory). get = decompression with
 //! BLAKE3 verification into a new file, then a rename. Each stage is measured alone so the
 //! whole-program figures of `compare-push-get.sh` can be explained.
 //!
@@ -22,7 +23,7 @@ use common::codec::{self, CompressOptions};
 use common::storage::local::{temp_path, LocalStorage};
 use common::storage::{Body, ObjectKey, PutMode, Storage};
 use common::wal::page_header::LONG_HEADER_SIZE;
-use common::wal::LongPageHeader;
+use common::wal::{record, synthetic, LongPageHeader};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pitr_benches::{input, NAME};
 
@@ -54,6 +55,29 @@ fn benches(c: &mut Criterion) {
     g.bench_function("long_page_header_parse", |b| {
         b.iter(|| LongPageHeader::parse(black_box(&data[..LONG_HEADER_SIZE])).expect("a WAL segment"))
     });
+    g.finish();
+
+    // The WAL summary push stores in each segment's header: on the input (a real segment walks
+    // every record; the default synthetic one stops at its first record, whose CRC is random)
+    // and on a synthetic segment of valid pgbench-like records. crc32c alone is the floor.
+    let valid = synthetic::pgbench_like_segment(0x10, 7_000_000);
+    for (what, seg) in [("input", &data[..]), ("synthetic_records", &valid[..])] {
+        match record::summarize(seg) {
+            Ok(s) => eprintln!(
+                "summarize {what}: {} transaction ends, {} restore points, stopped: {}",
+                s.xact_ends,
+                s.restore_points.len(),
+                s.stopped.as_deref().unwrap_or("no")
+            ),
+            Err(e) => eprintln!("summarize {what}: {e}"),
+        }
+    }
+    let mut g = c.benchmark_group("wal");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Bytes(raw));
+    g.bench_function("summarize", |b| b.iter(|| record::summarize(black_box(&data[..]))));
+    g.bench_function("summarize_synthetic_records", |b| b.iter(|| record::summarize(black_box(&valid[..]))));
+    g.bench_function("crc32c", |b| b.iter(|| crc32c::crc32c(black_box(&valid[..]))));
     g.finish();
 
     let mut g = c.benchmark_group("codec");

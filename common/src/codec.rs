@@ -1,10 +1,12 @@
 //! How pitr stores a file: zstd compression and digests computed in the same single pass.
 //!
 //! A stored object is a zstd *skippable frame* holding a small JSON header (original name,
-//! raw size, BLAKE3 digest of the raw bytes) padded to [`HEADER_LEN`] bytes, followed by one
-//! zstd frame with its content checksum. The header sits at a fixed offset, so reading
-//! `0..HEADER_LEN` of an object tells its identity without downloading it, and the whole
-//! object stays readable by the stock `zstd -d` tool (which skips skippable frames).
+//! raw size, BLAKE3 digest of the raw bytes and, for WAL segments, a [`SegmentSummary`])
+//! space-padded to [`HEADER_LEN`] bytes (or the next multiple of it when the JSON is longer),
+//! followed by one zstd frame with its content checksum. The header starts the object, so
+//! reading `0..HEADER_LEN` of an object tells its identity without downloading it (the frame's
+//! size field, in its first 8 bytes, says when the header is longer: [`header_len`]), and
+//! the whole object stays readable by the stock `zstd -d` tool (which skips skippable frames).
 //!
 //! Duplicates are judged by the digest of the *uncompressed* content, never by compressed
 //! bytes, which vary with level and library version.
@@ -13,8 +15,16 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Bytes taken by the header frame at the start of every object.
+use crate::wal::record::SegmentSummary;
+
+/// Usual and minimum length of the header frame at the start of an object, and what a reader
+/// fetches first. A longer header takes a multiple of it; [`header_len`] tells from the first
+/// [`FRAME_PREFIX_LEN`] bytes.
 pub const HEADER_LEN: usize = 256;
+/// Longest header frame that is written or accepted.
+pub const MAX_HEADER_LEN: usize = 64 << 10;
+/// The header frame's magic and size field, before the JSON.
+pub const FRAME_PREFIX_LEN: usize = 8;
 /// zstd skippable frame magic used for the header (0x184D2A50..=0x184D2A5F are skippable).
 const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
 /// Read/hash/compress chunk.
@@ -31,6 +41,10 @@ pub struct ObjectHeader {
     pub raw_size: u64,
     /// BLAKE3 of the uncompressed content, hex.
     pub blake3: String,
+    /// For a WAL segment or `.partial` file: what its records hold, for restore planning
+    /// (absent in objects written before summaries existed, and for other files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<SegmentSummary>,
 }
 
 /// Reading or writing an object failed.
@@ -57,29 +71,65 @@ pub enum CodecError {
     Io(#[from] io::Error),
 }
 
+/// Full length of the header frame whose first bytes are `first` (at least
+/// [`FRAME_PREFIX_LEN`] of them): read from the skippable frame's size field.
+pub fn header_len(first: &[u8]) -> Result<usize, CodecError> {
+    if first.len() < FRAME_PREFIX_LEN {
+        return Err(CodecError::BadHeader(format!("only {} bytes", first.len())));
+    }
+    let magic = u32::from_le_bytes(first[0..4].try_into().unwrap_or_default());
+    if magic != SKIPPABLE_MAGIC {
+        return Err(CodecError::BadHeader("missing header frame".into()));
+    }
+    let len = u32::from_le_bytes(first[4..8].try_into().unwrap_or_default()) as usize + FRAME_PREFIX_LEN;
+    if len > MAX_HEADER_LEN {
+        return Err(CodecError::BadHeader(format!("header frame of {len} bytes is longer than {MAX_HEADER_LEN}")));
+    }
+    Ok(len)
+}
+
 impl ObjectHeader {
-    /// Encodes the header frame.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut out = [b' '; HEADER_LEN];
-        out[0..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
-        out[4..8].copy_from_slice(&((HEADER_LEN - 8) as u32).to_le_bytes());
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        let n = json.len().min(HEADER_LEN - 8);
-        out[8..8 + n].copy_from_slice(&json[..n]);
-        out
+    /// Length of this header's frame: [`HEADER_LEN`], or the next multiple of it that holds
+    /// the JSON.
+    pub fn encoded_len(&self) -> usize {
+        (FRAME_PREFIX_LEN + self.json().len()).next_multiple_of(HEADER_LEN)
     }
 
-    /// Decodes a header frame from the first bytes of an object.
+    fn json(&self) -> Vec<u8> {
+        // Cannot fail: every map key is a string.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Encodes the header frame ([`encoded_len`](Self::encoded_len) bytes).
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        self.encode_padded(self.encoded_len())
+    }
+
+    /// Encodes the header frame padded to exactly `len` bytes (room reserved earlier).
+    fn encode_padded(&self, len: usize) -> Result<Vec<u8>, CodecError> {
+        let json = self.json();
+        if FRAME_PREFIX_LEN + json.len() > len || len > MAX_HEADER_LEN {
+            return Err(CodecError::Io(io::Error::other(format!(
+                "header of {} needs {} bytes, {len} were reserved",
+                self.name,
+                FRAME_PREFIX_LEN + json.len()
+            ))));
+        }
+        let mut out = vec![b' '; len];
+        out[0..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&((len - FRAME_PREFIX_LEN) as u32).to_le_bytes());
+        out[FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + json.len()].copy_from_slice(&json);
+        Ok(out)
+    }
+
+    /// Decodes a header frame from the first bytes of an object: the whole frame, whatever
+    /// length its size field announces (see [`header_len`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        if bytes.len() < HEADER_LEN {
-            return Err(CodecError::BadHeader(format!("only {} bytes", bytes.len())));
+        let len = header_len(bytes)?;
+        if bytes.len() < len {
+            return Err(CodecError::BadHeader(format!("only {} bytes of a {len}-byte header", bytes.len())));
         }
-        let magic = u32::from_le_bytes(bytes[0..4].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap_or_default()) as usize;
-        if magic != SKIPPABLE_MAGIC || len != HEADER_LEN - 8 {
-            return Err(CodecError::BadHeader("missing header frame".into()));
-        }
-        let h: ObjectHeader = serde_json::from_slice(bytes[8..HEADER_LEN].trim_ascii_end())
+        let h: ObjectHeader = serde_json::from_slice(bytes[FRAME_PREFIX_LEN..len].trim_ascii_end())
             .map_err(|e| CodecError::BadHeader(format!("unreadable header: {e}")))?;
         if h.pitr != 1 {
             return Err(CodecError::BadHeader(format!("header version {} is newer than this pitr", h.pitr)));
@@ -114,8 +164,38 @@ pub fn compress<R: Read, W: Write + Seek>(
     size_hint: Option<u64>,
     opts: CompressOptions,
 ) -> Result<ObjectHeader, CodecError> {
+    compress_with_summary(prefix, src, dst, name, size_hint, None, opts)
+}
+
+/// [`compress`], with a WAL summary in the header. The header's room is reserved before
+/// compressing, sized with the digest's fixed width and `size_hint` (zstd fails when the
+/// content differs from a pledged size; without a hint, room for the largest size). A summary
+/// that would make the header longer than [`MAX_HEADER_LEN`] is left out (logged): the
+/// object then reads like one without a summary.
+pub fn compress_with_summary<R: Read, W: Write + Seek>(
+    prefix: &[u8],
+    src: &mut R,
+    dst: &mut W,
+    name: &str,
+    size_hint: Option<u64>,
+    wal: Option<SegmentSummary>,
+    opts: CompressOptions,
+) -> Result<ObjectHeader, CodecError> {
+    let mut header = ObjectHeader {
+        pitr: 1,
+        name: name.to_string(),
+        raw_size: size_hint.unwrap_or(u64::MAX),
+        blake3: "0".repeat(64),
+        // As a reader will see it: only the stored fields.
+        wal: wal.map(|s| SegmentSummary::from(crate::wal::record::stored::Summary::from(s))),
+    };
+    if header.encoded_len() > MAX_HEADER_LEN {
+        tracing::warn!(file = name, "WAL summary too large for the object header; stored without it");
+        header.wal = None;
+    }
+    let reserved = header.encoded_len();
     let start = dst.stream_position()?;
-    dst.write_all(&[0u8; HEADER_LEN])?;
+    dst.write_all(&vec![0u8; reserved])?;
     let mut hasher = blake3::Hasher::new();
     let mut raw = 0u64;
     {
@@ -125,8 +205,10 @@ pub fn compress<R: Read, W: Write + Seek>(
             enc.multithread(opts.workers)?;
         }
         enc.set_pledged_src_size(size_hint)?;
-        hasher.update(prefix);
-        enc.write_all(prefix)?;
+        for chunk in prefix.chunks(CHUNK) {
+            hasher.update(chunk);
+            enc.write_all(chunk)?;
+        }
         raw += prefix.len() as u64;
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -140,11 +222,11 @@ pub fn compress<R: Read, W: Write + Seek>(
         }
         enc.finish()?;
     }
-    let header =
-        ObjectHeader { pitr: 1, name: name.to_string(), raw_size: raw, blake3: hasher.finalize().to_hex().to_string() };
+    header.raw_size = raw;
+    header.blake3 = hasher.finalize().to_hex().to_string();
     let end = dst.stream_position()?;
     dst.seek(SeekFrom::Start(start))?;
-    dst.write_all(&header.encode())?;
+    dst.write_all(&header.encode_padded(reserved)?)?;
     dst.seek(SeekFrom::Start(end))?;
     Ok(header)
 }
@@ -153,8 +235,11 @@ pub fn compress<R: Read, W: Write + Seek>(
 /// header. On error `dst` holds garbage and must be discarded.
 pub fn decompress<R: Read, W: Write>(src: R, dst: &mut W) -> Result<ObjectHeader, CodecError> {
     let mut src = io::BufReader::with_capacity(256 << 10, src);
-    let mut head = [0u8; HEADER_LEN];
+    let mut head = vec![0u8; FRAME_PREFIX_LEN];
     let n = read_full(&mut src, &mut head)?;
+    let len = header_len(&head[..n])?;
+    head.resize(len, 0);
+    let n = FRAME_PREFIX_LEN + read_full(&mut src, &mut head[FRAME_PREFIX_LEN..])?;
     let header = ObjectHeader::decode(&head[..n])?;
     let mut dec = zstd::stream::read::Decoder::with_buffer(src).map_err(|e| CodecError::Corrupt(e.to_string()))?;
     let mut hasher = blake3::Hasher::new();
@@ -289,6 +374,147 @@ mod tests {
         // not an object at all
         assert!(matches!(decompress(&data[..], &mut Vec::new()), Err(CodecError::BadHeader(_))));
         assert!(matches!(decompress(&b""[..], &mut Vec::new()), Err(CodecError::BadHeader(_))));
+    }
+
+    use crate::lsn::Lsn;
+    use crate::wal::record::{summarize, PgTimestamp, RestorePoint};
+    use crate::wal::TimelineId;
+
+    fn pack_wal(data: &[u8], name: &str, wal: Option<SegmentSummary>) -> (Vec<u8>, ObjectHeader) {
+        let mut out = Cursor::new(Vec::new());
+        let opts = CompressOptions::default();
+        let h =
+            compress_with_summary(data, &mut io::empty(), &mut out, name, Some(data.len() as u64), wal, opts).unwrap();
+        (out.into_inner(), h)
+    }
+
+    /// A summary with production-sized numbers: LSNs past 1 TiB, xids near 2^31, a minute of
+    /// commits.
+    fn busy_summary() -> SegmentSummary {
+        SegmentSummary {
+            valid_end: Some(Lsn(0x1A3_5FFF_FFD8)),
+            xact_ends: 31_456,
+            first_xact_time: Some(PgTimestamp(830_000_000_123_456)),
+            last_xact_time: Some(PgTimestamp(830_000_061_654_321)),
+            xid_min: Some(2_123_456_789),
+            xid_max: Some(2_123_488_244),
+            ..SegmentSummary::default()
+        }
+    }
+
+    #[test]
+    fn typical_wal_headers_fit_in_the_usual_length() {
+        let seg = crate::wal::synthetic::pgbench_like_segment(3, 5000);
+        let summary = summarize(&seg).unwrap();
+        let (obj, h) = pack_wal(&seg, "000000010000000000000003", Some(summary.clone()));
+        let len = header_len(&obj).unwrap();
+        let json = String::from_utf8_lossy(&obj[FRAME_PREFIX_LEN..len]).trim_end().to_string();
+        eprintln!("header of a synthetic 16 MiB segment ({len} bytes, {} of JSON): {json}", json.len());
+        assert_eq!(len, HEADER_LEN);
+        assert_eq!(ObjectHeader::decode(&obj[..HEADER_LEN]).unwrap(), h);
+        assert_eq!(h.wal.as_ref().map(|s| s.xid_min), Some(summary.xid_min));
+
+        // Busier numbers: a segment that ends with a switch, and a .partial file (which
+        // does not): still one usual-length frame.
+        let mut switched = busy_summary();
+        switched.switch_at = Some(Lsn(0x1A3_5FFF_FFC0));
+        for (name, wal) in
+            [("00000001000001A30000005F", switched), ("00000001000001A30000005F.partial", busy_summary())]
+        {
+            let h =
+                ObjectHeader { pitr: 1, name: name.into(), raw_size: 16 << 20, blake3: "f".repeat(64), wal: Some(wal) };
+            let frame = h.encode().unwrap();
+            let json = String::from_utf8_lossy(&frame[FRAME_PREFIX_LEN..]).trim_end().to_string();
+            eprintln!("header with production-sized numbers ({} bytes, {} of JSON): {json}", frame.len(), json.len());
+            assert_eq!(frame.len(), HEADER_LEN);
+            assert_eq!(ObjectHeader::decode(&frame).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn long_headers_round_trip() {
+        let data = sample(200_000);
+        let mut wal = busy_summary();
+        for i in 0..12 {
+            wal.restore_points.push(RestorePoint {
+                name: format!("{i:02} before the migration of the orders table, \"quoted\" ünïcode"),
+                lsn: Lsn(0x1A3_5F00_0000 + i * 4096),
+                time: PgTimestamp(830_000_000_000_000 + i as i64),
+            });
+        }
+        wal.timeline_switch = Some((TimelineId(4), TimelineId(3)));
+        let (obj, h) = pack_wal(&data, "000000040000000000000003", Some(wal.clone()));
+        let len = header_len(&obj[..FRAME_PREFIX_LEN]).unwrap();
+        assert!(len > HEADER_LEN && len.is_multiple_of(HEADER_LEN), "{len}");
+        assert_eq!(h.encoded_len(), len);
+        assert_eq!(h.wal, Some(wal));
+        assert!(
+            matches!(ObjectHeader::decode(&obj[..HEADER_LEN]), Err(CodecError::BadHeader(m)) if m.contains("of a")),
+            "the usual first read is not enough"
+        );
+        assert_eq!(ObjectHeader::decode(&obj[..len]).unwrap(), h);
+        let mut back = Vec::new();
+        assert_eq!(decompress(&obj[..], &mut back).unwrap(), h);
+        assert_eq!(back, data);
+        assert_eq!(zstd::decode_all(&obj[..]).unwrap(), data, "stock zstd skips a long header too");
+    }
+
+    #[test]
+    fn oversized_summaries_are_left_out() {
+        let data = sample(10_000);
+        let mut wal = SegmentSummary::default();
+        for i in 0..2000u64 {
+            wal.restore_points.push(RestorePoint { name: "x".repeat(63), lsn: Lsn(i), time: PgTimestamp(0) });
+        }
+        let (obj, h) = pack_wal(&data, "000000010000000000000003", Some(wal));
+        assert_eq!(h.wal, None);
+        assert_eq!(header_len(&obj).unwrap(), HEADER_LEN);
+        assert_eq!(decompress(&obj[..], &mut Vec::new()).unwrap(), h);
+    }
+
+    #[test]
+    fn objects_without_summary_stay_readable() {
+        // An object exactly as the first format wrote it: 256-byte frame, no `wal` key.
+        let data = sample(50_000);
+        let digest = blake3::hash(&data).to_hex().to_string();
+        let json = format!(r#"{{"pitr":1,"name":"000000010000000000000007","raw_size":50000,"blake3":"{digest}"}}"#);
+        let mut obj = vec![b' '; 256];
+        obj[..4].copy_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+        obj[4..8].copy_from_slice(&248u32.to_le_bytes());
+        obj[8..8 + json.len()].copy_from_slice(json.as_bytes());
+        obj.extend_from_slice(&zstd::encode_all(&data[..], 3).unwrap());
+        let h = ObjectHeader::decode(&obj[..HEADER_LEN]).unwrap();
+        assert_eq!((h.raw_size, h.wal.as_ref()), (50_000, None));
+        let mut back = Vec::new();
+        assert_eq!(decompress(&obj[..], &mut back).unwrap(), h);
+        assert_eq!(back, data);
+        // What `compress` writes without a summary is byte-for-byte that layout.
+        let (ours, h2) = pack_wal(&data, "000000010000000000000007", None);
+        assert_eq!(&ours[..HEADER_LEN], &obj[..HEADER_LEN]);
+        assert_eq!(h2, h);
+
+        // A shorter frame than usual is accepted too (the size field decides).
+        let short_json = format!(r#"{{"pitr":1,"name":"a","raw_size":50000,"blake3":"{digest}"}}"#);
+        let mut short = Vec::new();
+        short.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+        short.extend_from_slice(&(short_json.len() as u32).to_le_bytes());
+        short.extend_from_slice(short_json.as_bytes());
+        short.extend_from_slice(&zstd::encode_all(&data[..], 3).unwrap());
+        assert_eq!(decompress(&short[..], &mut Vec::new()).unwrap().name, "a");
+    }
+
+    #[test]
+    fn header_frames_are_bounded() {
+        let mut huge = vec![0u8; 8];
+        huge[..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        huge[4..8].copy_from_slice(&(MAX_HEADER_LEN as u32).to_le_bytes());
+        assert!(matches!(header_len(&huge), Err(CodecError::BadHeader(_))));
+        assert!(matches!(decompress(&huge[..], &mut Vec::new()), Err(CodecError::BadHeader(_))));
+        huge[4..8].copy_from_slice(&((MAX_HEADER_LEN - 8) as u32).to_le_bytes());
+        assert_eq!(header_len(&huge).unwrap(), MAX_HEADER_LEN);
+        assert!(matches!(header_len(&huge[..7]), Err(CodecError::BadHeader(_))));
+        // announced but cut short
+        assert!(matches!(decompress(&huge[..], &mut Vec::new()), Err(CodecError::BadHeader(_))));
     }
 
     #[test]

@@ -6,16 +6,18 @@
 //! <cluster>/wal/<TTTTTTTT>.history.zst                    timeline history files
 //! ```
 //! (`<prefix>/` of an `s3://bucket/prefix` URL comes before all of it.) Every WAL object is
-//! in the [`codec`](crate::codec) format, so its raw size and digest are in its first
-//! [`HEADER_LEN`] bytes. Documented for operators in `docs/repository.md`.
+//! in the [`codec`](crate::codec) format, so its raw size, digest and (for segments) WAL
+//! summary are in its header: the first [`HEADER_LEN`] bytes, rarely more. Documented for
+//! operators in `docs/repository.md`.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{ObjectHeader, HEADER_LEN};
+use crate::codec::{header_len, ObjectHeader, HEADER_LEN};
 use crate::retry::{retry, RetryPolicy};
 use crate::storage::{read_all, Body, ObjectKey, PutMode, Storage, StorageError};
+use crate::wal::record::SegmentSummary;
 use crate::wal::{PgMajor, SystemId, WalFileKind, WalFileName, WalSegmentSize};
 
 /// What the repository knows about the cluster whose WAL it holds; written once, by the
@@ -135,12 +137,47 @@ impl Repository {
 
     /// The header of a stored WAL file, or `None` when the exact key does not exist.
     pub async fn wal_header(&self, name: &WalFileName) -> Result<Option<ObjectHeader>, RepositoryError> {
-        let key = self.wal_key(name);
-        match retry(self.retry, "read object header", || self.storage.read_range(&key, 0..HEADER_LEN as u64)).await {
-            Ok(b) => ObjectHeader::decode(&b).map(Some).map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}"))),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
+        self.object_header(&self.wal_key(name)).await
+    }
+
+    /// The WAL summary stored with a segment or `.partial` file, without downloading it:
+    /// `None` when the object does not exist, `Some(None)` when it exists without a summary
+    /// (history and `.backup` files, objects archived before summaries existed, a summary too
+    /// large for a header), `Some(Some(summary))` otherwise.
+    pub async fn wal_summary(&self, name: &WalFileName) -> Result<Option<Option<SegmentSummary>>, RepositoryError> {
+        Ok(self.wal_header(name).await?.map(|h| h.wal))
+    }
+
+    /// The header of any object in the [`codec`](crate::codec) format, or `None` when the
+    /// exact key does not exist: one ranged read of [`HEADER_LEN`] bytes, and a second one
+    /// only for a longer header.
+    pub async fn object_header(&self, key: &ObjectKey) -> Result<Option<ObjectHeader>, RepositoryError> {
+        let corrupt = |e: crate::codec::CodecError| RepositoryError::Corrupt(format!("{key}: {e}"));
+        let first = match retry(self.retry, "read object header", || self.storage.read_range(key, 0..HEADER_LEN as u64))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let len = header_len(&first).map_err(corrupt)?;
+        if len <= first.len() {
+            return ObjectHeader::decode(&first).map(Some).map_err(corrupt);
         }
+        let rest = match retry(self.retry, "read object header", || {
+            self.storage.read_range(key, first.len() as u64..len as u64)
+        })
+        .await
+        {
+            Ok(b) => b,
+            // Deleted between the two reads: as absent as it gets.
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut whole = Vec::with_capacity(len);
+        whole.extend_from_slice(&first);
+        whole.extend_from_slice(&rest);
+        ObjectHeader::decode(&whole).map(Some).map_err(corrupt)
     }
 }
 
@@ -200,6 +237,70 @@ mod tests {
         assert_eq!(r.register_cluster(&a).await.unwrap(), a);
         assert_eq!(r.register_cluster(&b).await.unwrap(), a, "second registration returns the first");
         assert_eq!(r.cluster_info().await.unwrap(), Some(a));
+    }
+
+    async fn store(r: &Repository, name: &WalFileName, wal: Option<SegmentSummary>) -> ObjectHeader {
+        let mut obj = std::io::Cursor::new(Vec::new());
+        let data = vec![7u8; 4096];
+        let h = crate::codec::compress_with_summary(
+            &data,
+            &mut std::io::empty(),
+            &mut obj,
+            &name.to_string(),
+            Some(data.len() as u64),
+            wal,
+            crate::codec::CompressOptions::default(),
+        )
+        .unwrap();
+        r.storage().put(&r.wal_key(name), Body::Bytes(obj.into_inner().into()), PutMode::CreateNew).await.unwrap();
+        h
+    }
+
+    #[tokio::test]
+    async fn headers_and_summaries_with_one_read_or_two() {
+        use crate::lsn::Lsn;
+        use crate::storage::faulty::FaultyStorage;
+        use crate::wal::record::{PgTimestamp, RestorePoint};
+
+        let storage = Arc::new(FaultyStorage::new(Arc::new(MemoryStorage::new())));
+        let r = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));
+        let short = WalFileName::parse("000000010000000000000003").unwrap();
+        let long = WalFileName::parse("000000010000000000000004").unwrap();
+        let old = WalFileName::parse("000000010000000000000005").unwrap();
+        let absent = WalFileName::parse("000000010000000000000006").unwrap();
+        let small = SegmentSummary { xact_ends: 3, xid_min: Some(10), xid_max: Some(12), ..Default::default() };
+        let big = SegmentSummary {
+            restore_points: (0..10)
+                .map(|i| RestorePoint {
+                    name: format!("point {i} {}", "x".repeat(40)),
+                    lsn: Lsn(i),
+                    time: PgTimestamp(0),
+                })
+                .collect(),
+            ..small.clone()
+        };
+        let h_short = store(&r, &short, Some(small.clone())).await;
+        let h_long = store(&r, &long, Some(big.clone())).await;
+        let h_old = store(&r, &old, None).await;
+        assert!(h_long.encoded_len() > HEADER_LEN);
+
+        let calls = storage.calls();
+        assert_eq!(r.wal_header(&short).await.unwrap(), Some(h_short));
+        assert_eq!(storage.calls() - calls, 1, "a usual header takes one ranged read");
+        let calls = storage.calls();
+        assert_eq!(r.wal_header(&long).await.unwrap(), Some(h_long));
+        assert_eq!(storage.calls() - calls, 2, "a long header takes a second read");
+        assert_eq!(r.wal_header(&old).await.unwrap(), Some(h_old));
+
+        assert_eq!(r.wal_summary(&short).await.unwrap(), Some(Some(small)));
+        assert_eq!(r.wal_summary(&long).await.unwrap(), Some(Some(big)));
+        assert_eq!(r.wal_summary(&old).await.unwrap(), Some(None), "stored without a summary");
+        assert_eq!(r.wal_summary(&absent).await.unwrap(), None, "not stored");
+
+        // Not a pitr object: damaged, not absent.
+        let junk = WalFileName::parse("000000010000000000000007").unwrap();
+        r.storage().put(&r.wal_key(&junk), Body::Bytes(vec![1u8; 300].into()), PutMode::CreateNew).await.unwrap();
+        assert!(matches!(r.wal_summary(&junk).await, Err(RepositoryError::Corrupt(_))));
     }
 
     #[test]

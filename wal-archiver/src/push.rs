@@ -3,11 +3,13 @@
 //! Contract: exit 0 only once the file is durably in the repository; validate before storing
 //! (name, page magic, system identifier against the repository's cluster record, segment
 //! size, first page address, timeline); never overwrite: an identical re-push succeeds, a
-//! different content fails. The file is read once: validation reads the first page, then
-//! compression and the digest consume the rest in the same pass.
+//! different content fails. The file is read once: validation reads the first page; a
+//! segment (or `.partial` file) is then read whole into memory, its records are walked for
+//! the WAL summary stored in the object's header (for restore planning), and compression and
+//! the digest consume it in the same pass.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use common::codec::{self, ObjectHeader};
@@ -18,6 +20,7 @@ use common::retry::retry;
 use common::storage::local::temp_path;
 use common::storage::{Body, PutMode, StorageError};
 use common::wal::page_header::LONG_HEADER_SIZE;
+use common::wal::record::{self, SegmentSummary};
 use common::wal::{history, LongPageHeader, WalFileKind, WalFileName};
 
 use crate::push_ahead;
@@ -71,22 +74,28 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
         .len();
     let repo = config.open_repository(true).await?;
 
-    let mut prefix = Vec::new();
+    // The whole file, read once.
+    let mut data = Vec::new();
     match name.kind {
         WalFileKind::Segment | WalFileKind::Partial => {
-            prefix.resize(LONG_HEADER_SIZE, 0);
-            let n = codec::read_full(&mut file, &mut prefix).map_err(|e| read_error(path, e))?;
-            prefix.truncate(n);
-            validate_segment(&repo, &name, &prefix, size).await?;
+            data.resize(LONG_HEADER_SIZE, 0);
+            let n = codec::read_full(&mut file, &mut data).map_err(|e| read_error(path, e))?;
+            data.truncate(n);
+            validate_segment(&repo, &name, &data, size).await?;
+            data.reserve_exact((size as usize).saturating_sub(n) + 1);
+            file.read_to_end(&mut data).map_err(|e| read_error(path, e))?;
+            if data.len() as u64 != size {
+                return Err(changed(path, size, data.len() as u64));
+            }
         }
         WalFileKind::History | WalFileKind::Backup => {
             if size > MAX_SMALL_FILE {
                 return Err(invalid(file_name, format!("{size} bytes is too large for a {:?} file", name.kind)));
             }
-            file.read_to_end(&mut prefix).map_err(|e| read_error(path, e))?;
+            file.read_to_end(&mut data).map_err(|e| read_error(path, e))?;
             if name.kind == WalFileKind::History {
-                history::parse(name.timeline, &prefix).map_err(|e| invalid(file_name, e))?;
-            } else if !prefix.starts_with(b"START WAL LOCATION:") {
+                history::parse(name.timeline, &data).map_err(|e| invalid(file_name, e))?;
+            } else if !data.starts_with(b"START WAL LOCATION:") {
                 return Err(invalid(file_name, "not a backup history file (no START WAL LOCATION line)"));
             }
         }
@@ -94,8 +103,12 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
 
     // Already archived? Decide by the digest of the uncompressed content.
     if let Some(existing) = repo.wal_header(&name).await? {
-        return compare_existing(&name, &existing, path);
+        return compare_existing(&name, &existing, &data);
     }
+    let summary = match name.kind {
+        WalFileKind::Segment | WalFileKind::Partial => summarize(&name, &data),
+        WalFileKind::History | WalFileKind::Backup => None,
+    };
 
     let scratch = repo.storage().scratch_dir().unwrap_or_else(std::env::temp_dir);
     let tmp = TempFile(temp_path(&scratch, file_name));
@@ -105,14 +118,20 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
         .create_new(true)
         .open(&tmp.0)
         .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp.0.display())))?;
-    let header = codec::compress(&prefix, &mut file, &mut out, file_name, Some(size), config.compress)?;
+    let header = codec::compress_with_summary(
+        &data,
+        &mut io::empty(),
+        &mut out,
+        file_name,
+        Some(size),
+        summary,
+        config.compress,
+    )?;
     if header.raw_size != size {
-        return Err(Failure::msg(
-            FailureKind::LocalIo,
-            format!("{} changed while being archived ({size} bytes, then {})", path.display(), header.raw_size),
-        ));
+        return Err(changed(path, size, header.raw_size));
     }
     drop(out);
+    drop(data);
 
     let key = repo.wal_key(&name);
     let put = retry(repo.retry_policy(), "store WAL file", || {
@@ -135,6 +154,35 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
 
 fn read_error(path: &Path, e: std::io::Error) -> Failure {
     Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", path.display()))
+}
+
+fn changed(path: &Path, size: u64, now: u64) -> Failure {
+    Failure::msg(
+        FailureKind::LocalIo,
+        format!("{} changed while being archived ({size} bytes, then {now})", path.display()),
+    )
+}
+
+/// The WAL summary of a validated segment: what its valid records hold (a walk that stops
+/// early, at the end of a `.partial` file's WAL or at recycled bytes after a switch, still
+/// describes what came before). `None`, logged, only if the segment cannot be walked at all.
+fn summarize(name: &WalFileName, data: &[u8]) -> Option<SegmentSummary> {
+    match record::summarize(data) {
+        Ok(s) => {
+            tracing::debug!(
+                file = %name,
+                xact_ends = s.xact_ends,
+                restore_points = s.restore_points.len(),
+                stopped = s.stopped.as_deref().unwrap_or(""),
+                "summarized"
+            );
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!(file = %name, "stored without a WAL summary: {e}");
+            None
+        }
+    }
 }
 
 /// Checks a segment's first page against its name and the repository's cluster record,
@@ -216,10 +264,8 @@ async fn validate_segment(repo: &Repository, name: &WalFileName, first: &[u8], s
     Ok(())
 }
 
-fn compare_existing(name: &WalFileName, existing: &ObjectHeader, path: &Path) -> Result<PushOutcome, Failure> {
-    let mut f = File::open(path).map_err(|e| read_error(path, e))?;
-    f.seek(SeekFrom::Start(0)).map_err(|e| read_error(path, e))?;
-    let (size, digest) = codec::digest(&mut f).map_err(|e| read_error(path, e))?;
+fn compare_existing(name: &WalFileName, existing: &ObjectHeader, data: &[u8]) -> Result<PushOutcome, Failure> {
+    let (size, digest) = codec::digest(&mut &data[..]).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
     if size == existing.raw_size && digest == existing.blake3 {
         tracing::info!(file = %name, "already archived with identical content");
         Ok(PushOutcome::AlreadyArchived)

@@ -7,6 +7,8 @@ pub mod file_name;
 pub mod history;
 pub mod page_header;
 pub mod record;
+#[cfg(any(test, feature = "test-support"))]
+pub mod synthetic;
 
 use std::fmt;
 use std::str::FromStr;

@@ -7,6 +7,11 @@
 //! the walk stops at the first record that does not check out: the end of valid WAL. A record
 //! that starts in this segment but ends in the next one is not seen (its start is reported as
 //! `incomplete_tail_at`); continuation bytes of a record from the previous segment are skipped.
+//!
+//! A [`SegmentSummary`] is stored in the header of every archived segment (see
+//! `docs/repository.md`), so its serialized form is compact and keeps only what restore
+//! planning needs: short keys, absent fields for `None`/zero/empty, numbers for LSNs and times,
+//! and the upper bound of each range as a difference from the lower one.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +31,19 @@ const XLOG_SWITCH: u8 = 0x40;
 const XLOG_RESTORE_POINT: u8 = 0x70;
 const XLOG_END_OF_RECOVERY: u8 = 0x90;
 const XLOG_XACT_OPMASK: u8 = 0x70;
+const XLOG_XACT_HAS_INFO: u8 = 0x80;
+const XLOG_XACT_COMMIT: u8 = 0x00;
+const XLOG_XACT_ABORT: u8 = 0x20;
+const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
+const XLOG_XACT_ABORT_PREPARED: u8 = 0x40;
+/// `xl_xact_xinfo` flags (`xact.h`) that decide where the two-phase xid sits.
+const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+const XACT_XINFO_HAS_RELFILENODES: u32 = 1 << 2;
+const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
+const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
+/// PostgreSQL 15 and later.
+const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
 /// Highest resource manager id of PostgreSQL 13–17 (`RM_MAX_BUILTIN_ID`, logical message = 21).
 const RM_MAX_ID: u8 = 21;
 
@@ -77,7 +95,11 @@ pub struct RestorePoint {
 }
 
 /// What a segment holds, for planning a recovery without downloading WAL again.
+///
+/// Serialized in the compact stored form of [`stored::Summary`]: `first_record`,
+/// `incomplete_tail_at` and `stopped` are not stored (they read back as `None`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "stored::Summary", from = "stored::Summary")]
 pub struct SegmentSummary {
     /// Start LSN of the first record that starts in the segment.
     pub first_record: Option<Lsn>,
@@ -91,6 +113,15 @@ pub struct SegmentSummary {
     pub first_xact_time: Option<PgTimestamp>,
     /// Latest commit/abort time.
     pub last_xact_time: Option<PgTimestamp>,
+    /// Smallest transaction id ended by a commit or abort record here: the id that
+    /// `recovery_target_xid` is compared with (`recoveryStopsBefore`): the record's `xl_xid`
+    /// for COMMIT and ABORT (for the rollback of a subtransaction, the subtransaction's id,
+    /// which recovery compares too), the prepared transaction's id from the record body for
+    /// COMMIT PREPARED and ABORT PREPARED. Plain numeric order: when xids wrap around inside
+    /// the segment, `xid_min..=xid_max` still holds every xid seen but is not tight.
+    pub xid_min: Option<u32>,
+    /// Largest such transaction id.
+    pub xid_max: Option<u32>,
     /// Restore points created here.
     pub restore_points: Vec<RestorePoint>,
     /// The segment ends early with an `XLOG_SWITCH` at this LSN.
@@ -206,47 +237,54 @@ impl Walker<'_> {
                 s.stopped = Some(format!("invalid record length {tot_len} at {lsn}"));
                 break;
             }
-            // Gather the record across pages.
-            record.clear();
-            let mut p = pos;
-            let mut need = tot_len;
-            let mut complete = true;
-            while need > 0 {
-                let page_end = (p / self.block + 1) * self.block;
-                let take = need.min(page_end - p);
-                record.extend_from_slice(&self.seg[p..p + take]);
-                need -= take;
-                p += take;
-                if need > 0 {
-                    if p >= self.seg.len() {
-                        complete = false;
-                        break;
-                    }
-                    match self.page(p) {
-                        Ok((h, info, rem)) if info & XLP_FIRST_IS_CONTRECORD != 0 && rem as usize == need => p += h,
-                        Ok(_) => {
-                            s.stopped = Some(format!("record at {lsn} is not continued on the next page"));
-                            return self.finish(s);
+            let page_end = (pos / self.block + 1) * self.block;
+            let (rec, p): (&[u8], usize) = if pos + tot_len <= page_end {
+                // Most records lie within their page: read them in place.
+                (&self.seg[pos..pos + tot_len], pos + tot_len)
+            } else {
+                // Gather the record across pages.
+                record.clear();
+                let mut p = pos;
+                let mut need = tot_len;
+                let mut complete = true;
+                while need > 0 {
+                    let page_end = (p / self.block + 1) * self.block;
+                    let take = need.min(page_end - p);
+                    record.extend_from_slice(&self.seg[p..p + take]);
+                    need -= take;
+                    p += take;
+                    if need > 0 {
+                        if p >= self.seg.len() {
+                            complete = false;
+                            break;
                         }
-                        Err(e) => {
-                            s.stopped = Some(e);
-                            return self.finish(s);
+                        match self.page(p) {
+                            Ok((h, info, rem)) if info & XLP_FIRST_IS_CONTRECORD != 0 && rem as usize == need => p += h,
+                            Ok(_) => {
+                                s.stopped = Some(format!("record at {lsn} is not continued on the next page"));
+                                return self.finish(s);
+                            }
+                            Err(e) => {
+                                s.stopped = Some(e);
+                                return self.finish(s);
+                            }
                         }
                     }
                 }
-            }
-            if !complete {
-                s.incomplete_tail_at = Some(lsn);
-                break;
-            }
-            let xl_prev = Lsn(u64_at(&record, 8));
-            let rmid = record[17];
+                if !complete {
+                    s.incomplete_tail_at = Some(lsn);
+                    break;
+                }
+                (&record[..], p)
+            };
+            let xl_prev = Lsn(u64_at(rec, 8));
+            let rmid = rec[17];
             if rmid > RM_MAX_ID || prev.is_some_and(|p| p != xl_prev) {
                 s.stopped = Some(format!("record at {lsn} does not follow the previous one"));
                 break;
             }
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&record[RECORD_HEADER_SIZE..]), &record[..20]);
-            if crc != u32_at(&record, 20) {
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[RECORD_HEADER_SIZE..]), &rec[..20]);
+            if crc != u32_at(rec, 20) {
                 s.stopped = Some(format!("record at {lsn} fails its CRC"));
                 break;
             }
@@ -254,7 +292,7 @@ impl Walker<'_> {
             prev = Some(lsn);
             let end = p;
             s.valid_end = Some(Lsn(self.start.0 + end as u64));
-            if self.inspect(&record, lsn, &mut s) {
+            if self.inspect(rec, lsn, &mut s) {
                 s.switch_at = Some(lsn);
                 break;
             }
@@ -301,18 +339,167 @@ impl Walker<'_> {
             }
             (RM_XACT_ID, _) => {
                 let op = info & XLOG_XACT_OPMASK;
-                if matches!(op, 0x00 | 0x20 | 0x30 | 0x40) {
+                if matches!(
+                    op,
+                    XLOG_XACT_COMMIT | XLOG_XACT_ABORT | XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED
+                ) {
                     if let Some(d) = main_data(rec, self.major).filter(|d| d.len() >= 8) {
                         let t = PgTimestamp(u64_at(d, 0) as i64);
                         s.xact_ends += 1;
                         s.first_xact_time = Some(s.first_xact_time.map_or(t, |x| x.min(t)));
                         s.last_xact_time = Some(s.last_xact_time.map_or(t, |x| x.max(t)));
+                        let xid = match op {
+                            XLOG_XACT_COMMIT | XLOG_XACT_ABORT => Some(u32_at(rec, 4)),
+                            _ => twophase_xid(d, info, op == XLOG_XACT_COMMIT_PREPARED, self.major),
+                        };
+                        // InvalidTransactionId: a commit record without an xid (e.g. only
+                        // invalidations); no recovery target can name it.
+                        if let Some(x) = xid.filter(|&x| x != 0) {
+                            s.xid_min = Some(s.xid_min.map_or(x, |m| m.min(x)));
+                            s.xid_max = Some(s.xid_max.map_or(x, |m| m.max(x)));
+                        }
                     }
                 }
             }
             _ => {}
         }
         false
+    }
+}
+
+/// The prepared transaction's xid in the main data of a COMMIT PREPARED or ABORT PREPARED
+/// record (`ParseCommitRecord` / `ParseAbortRecord`): after `xact_time`, `xinfo` and the
+/// optional arrays that `xinfo` announces. `None` when the record has none or is too short.
+fn twophase_xid(d: &[u8], info: u8, commit: bool, major: PgMajor) -> Option<u32> {
+    if info & XLOG_XACT_HAS_INFO == 0 {
+        return None;
+    }
+    let xinfo = u32_at(d.get(8..12)?, 0);
+    let mut p = 12usize;
+    // An array: a 4-byte count, then that many items of `item` bytes.
+    let array = |p: usize, item: usize| -> Option<usize> {
+        let n = u32_at(d.get(p..p + 4)?, 0) as usize;
+        p.checked_add(4)?.checked_add(n.checked_mul(item)?)
+    };
+    if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
+        p += 8; // dbId, tsId
+    }
+    if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+        p = array(p, 4)?; // TransactionId
+    }
+    if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
+        p = array(p, 12)?; // RelFileNode / RelFileLocator
+    }
+    if major.number() >= 15 && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
+        p = array(p, 12)?; // xl_xact_stats_item: kind, dboid, objoid (15-17)
+    }
+    if commit && xinfo & XACT_XINFO_HAS_INVALS != 0 {
+        p = array(p, 16)?; // SharedInvalidationMessage
+    }
+    if xinfo & XACT_XINFO_HAS_TWOPHASE == 0 {
+        return None;
+    }
+    Some(u32_at(d.get(p..p.checked_add(4)?)?, 0))
+}
+
+/// The stored form of a [`SegmentSummary`] (documented in `docs/repository.md`, "WAL
+/// summary"). Every field may be absent. LSNs are plain numbers; `dt`, `dx` and `s` are
+/// differences (wrapping, so any summary round-trips exactly) from `t`, `x` and `e`.
+pub mod stored {
+    use serde::{Deserialize, Serialize};
+
+    use super::{PgTimestamp, RestorePoint, SegmentSummary, TimelineId};
+    use crate::lsn::Lsn;
+
+    /// A [`SegmentSummary`] as stored.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct Summary {
+        /// `xact_ends`.
+        #[serde(skip_serializing_if = "is_zero")]
+        pub n: u32,
+        /// `first_xact_time` (µs since 2000-01-01 UTC).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub t: Option<i64>,
+        /// `last_xact_time - first_xact_time` (µs).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub dt: Option<u64>,
+        /// `xid_min`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub x: Option<u32>,
+        /// `xid_max - xid_min`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub dx: Option<u32>,
+        /// `valid_end`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub e: Option<u64>,
+        /// `valid_end - switch_at` (the length of the `XLOG_SWITCH` record).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub s: Option<u64>,
+        /// `timeline_switch`: [this timeline, previous timeline].
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tl: Option<[u32; 2]>,
+        /// `restore_points`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub rp: Vec<Point>,
+    }
+
+    /// A [`RestorePoint`] as stored.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct Point {
+        /// Name.
+        pub n: String,
+        /// LSN.
+        pub l: u64,
+        /// Time (µs since 2000-01-01 UTC).
+        pub t: i64,
+    }
+
+    fn is_zero(n: &u32) -> bool {
+        *n == 0
+    }
+
+    impl From<SegmentSummary> for Summary {
+        fn from(s: SegmentSummary) -> Summary {
+            let t = s.first_xact_time.map(|t| t.0);
+            let x = s.xid_min;
+            let e = s.valid_end.map(|l| l.0);
+            Summary {
+                n: s.xact_ends,
+                t,
+                dt: s.last_xact_time.map(|l| l.0.wrapping_sub(t.unwrap_or(0)) as u64),
+                x,
+                dx: s.xid_max.map(|m| m.wrapping_sub(x.unwrap_or(0))),
+                e,
+                s: s.switch_at.map(|l| e.unwrap_or(0).wrapping_sub(l.0)),
+                tl: s.timeline_switch.map(|(this, prev)| [this.0, prev.0]),
+                rp: s.restore_points.into_iter().map(|r| Point { n: r.name, l: r.lsn.0, t: r.time.0 }).collect(),
+            }
+        }
+    }
+
+    impl From<Summary> for SegmentSummary {
+        fn from(w: Summary) -> SegmentSummary {
+            SegmentSummary {
+                first_record: None,
+                valid_end: w.e.map(Lsn),
+                incomplete_tail_at: None,
+                xact_ends: w.n,
+                first_xact_time: w.t.map(PgTimestamp),
+                last_xact_time: w.dt.map(|d| PgTimestamp(w.t.unwrap_or(0).wrapping_add(d as i64))),
+                xid_min: w.x,
+                xid_max: w.dx.map(|d| w.x.unwrap_or(0).wrapping_add(d)),
+                restore_points: w
+                    .rp
+                    .into_iter()
+                    .map(|p| RestorePoint { name: p.n, lsn: Lsn(p.l), time: PgTimestamp(p.t) })
+                    .collect(),
+                switch_at: w.s.map(|d| Lsn(w.e.unwrap_or(0).wrapping_sub(d))),
+                timeline_switch: w.tl.map(|[this, prev]| (TimelineId(this), TimelineId(prev))),
+                stopped: None,
+            }
+        }
     }
 }
 
@@ -371,6 +558,128 @@ mod tests {
         let t = PgTimestamp::from_unix_micros(1_795_000_000_123_456);
         assert_eq!(t.unix_micros(), 1_795_000_000_123_456);
         assert_eq!(t.to_string(), "2026-11-18 11:06:40.123456+00");
+    }
+
+    use crate::wal::synthetic::{pgbench_like_segment, SegmentBuilder};
+
+    fn builder() -> SegmentBuilder {
+        SegmentBuilder::new(PgMajor::from_magic(0xD110).unwrap(), TimelineId(1), 3, WalSegmentSize::DEFAULT)
+    }
+
+    #[test]
+    fn xid_range_covers_commits_aborts_and_prepared_transactions() {
+        let mut b = builder();
+        let t0 = 830_000_000_000_000;
+        for (i, xid) in (1000..1010).enumerate() {
+            b.filler(xid, 120, i as u64);
+            b.xact_end(xid, t0 + i as i64, false);
+        }
+        b.xact_end(999, t0 - 5, true); // an abort, earliest time
+        b.xact_end(0, t0 + 50, false); // a commit without xid: counted, no xid
+        let rp = b.restore_point("before-drop", t0 + 60);
+        // COMMIT PREPARED of 700 (with subxacts and invalidations before the xid) by a session
+        // without its own xid; ABORT PREPARED of 2000.
+        b.prepared_end(0, 700, t0 + 70, false, &[701, 702, 703]);
+        b.prepared_end(0, 2000, t0 + 80, true, &[]);
+        let sw = b.switch();
+        let s = summarize(&b.finish()).unwrap();
+        assert_eq!(s.stopped, None, "{s:#?}");
+        assert_eq!(s.xact_ends, 14);
+        assert_eq!((s.xid_min, s.xid_max), (Some(700), Some(2000)));
+        assert_eq!(s.first_xact_time, Some(PgTimestamp(t0 - 5)));
+        assert_eq!(s.last_xact_time, Some(PgTimestamp(t0 + 80)));
+        assert_eq!(
+            s.restore_points,
+            [RestorePoint { name: "before-drop".into(), lsn: rp, time: PgTimestamp(t0 + 60) }]
+        );
+        assert_eq!(s.switch_at, Some(sw));
+        assert!(s.valid_end.unwrap() > sw);
+
+        // Only plain commits: the record's own xid.
+        let mut b = builder();
+        b.xact_end(42, t0, false);
+        b.xact_end(41, t0, false);
+        let s = summarize(&b.finish()).unwrap();
+        assert_eq!((s.xid_min, s.xid_max), (Some(41), Some(42)));
+        // No transaction ends: no range.
+        let mut b = builder();
+        b.filler(5, 100, 1);
+        let s = summarize(&b.finish()).unwrap();
+        assert_eq!((s.xact_ends, s.xid_min, s.xid_max), (0, None, None));
+    }
+
+    #[test]
+    fn twophase_xid_follows_the_optional_arrays() {
+        let major15 = PgMajor::from_magic(0xD110).unwrap();
+        let major14 = PgMajor::from_magic(0xD10D).unwrap();
+        let mut d = 123i64.to_le_bytes().to_vec();
+        let xinfo = XACT_XINFO_HAS_SUBXACTS | XACT_XINFO_HAS_DROPPED_STATS | XACT_XINFO_HAS_TWOPHASE;
+        d.extend_from_slice(&xinfo.to_le_bytes());
+        d.extend_from_slice(&1u32.to_le_bytes());
+        d.extend_from_slice(&77u32.to_le_bytes()); // one subxact
+        d.extend_from_slice(&1u32.to_le_bytes());
+        d.extend_from_slice(&[9; 12]); // one dropped-stats item (15+)
+        d.extend_from_slice(&555u32.to_le_bytes());
+        assert_eq!(twophase_xid(&d, 0xB0, true, major15), Some(555));
+        assert_eq!(twophase_xid(&d, 0x30, true, major15), None, "no XLOG_XACT_HAS_INFO");
+        assert_ne!(twophase_xid(&d, 0xB0, true, major14), Some(555), "no dropped stats before 15");
+        assert_eq!(twophase_xid(&d[..d.len() - 1], 0xB0, true, major15), None, "truncated");
+        let mut huge = d.clone();
+        huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(twophase_xid(&huge, 0xB0, true, major15), None, "count beyond the record");
+    }
+
+    #[test]
+    fn stored_form_is_compact_and_round_trips() {
+        assert_eq!(serde_json::to_string(&SegmentSummary::default()).unwrap(), "{}");
+        let s = SegmentSummary {
+            first_record: Some(Lsn(0x1A3_5F00_0028)),
+            valid_end: Some(Lsn(0x1A3_5FFF_FFD8)),
+            incomplete_tail_at: Some(Lsn(0x1A3_5FFF_FFD8)),
+            xact_ends: 21345,
+            first_xact_time: Some(PgTimestamp(830_000_000_123_456)),
+            last_xact_time: Some(PgTimestamp(830_000_012_123_456)),
+            xid_min: Some(1_234_567_890),
+            xid_max: Some(1_234_599_999),
+            restore_points: vec![RestorePoint {
+                name: "before \"drop\"".into(),
+                lsn: Lsn(0x1A3_5F10_0000),
+                time: PgTimestamp(830_000_001_000_000),
+            }],
+            switch_at: Some(Lsn(0x1A3_5FFF_FFC0)),
+            timeline_switch: Some((TimelineId(3), TimelineId(2))),
+            stopped: Some("diagnostic".into()),
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            r#"{"n":21345,"t":830000000123456,"dt":12000000,"x":1234567890,"dx":32109,"e":1801201909720,"s":24,"tl":[3,2],"rp":[{"n":"before \"drop\"","l":1801186181120,"t":830000001000000}]}"#
+        );
+        let back: SegmentSummary = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, SegmentSummary { first_record: None, incomplete_tail_at: None, stopped: None, ..s });
+        // Unknown keys are ignored, missing ones are None/zero/empty.
+        let back: SegmentSummary = serde_json::from_str(r#"{"n":2,"future":[1]}"#).unwrap();
+        assert_eq!(back, SegmentSummary { xact_ends: 2, ..SegmentSummary::default() });
+        // Inconsistent summaries (an upper bound without a lower one) still round-trip exactly.
+        let odd = SegmentSummary {
+            last_xact_time: Some(PgTimestamp(-5)),
+            xid_max: Some(9),
+            switch_at: Some(Lsn(u64::MAX)),
+            ..SegmentSummary::default()
+        };
+        let back: SegmentSummary = serde_json::from_str(&serde_json::to_string(&odd).unwrap()).unwrap();
+        assert_eq!(back, odd);
+    }
+
+    #[test]
+    fn a_record_continuing_into_the_next_segment_keeps_the_summary_of_what_is_valid() {
+        let s = summarize(&pgbench_like_segment(3, 5000)).unwrap();
+        assert_eq!(s.stopped, None, "{s:?}");
+        assert!(s.incomplete_tail_at.is_some(), "{s:?}");
+        assert!(s.xact_ends > 10_000, "{s:?}");
+        assert_eq!(s.xid_min, Some(5000));
+        assert_eq!(s.xid_max, Some(5000 + s.xact_ends - 1));
+        assert_eq!(s.last_xact_time.unwrap().0 - s.first_xact_time.unwrap().0, 2_000 * i64::from(s.xact_ends - 1));
     }
 
     #[test]
