@@ -118,21 +118,32 @@ struct Scan {
 /// Where a scan stops: `Some(segment)` when the target lies in it.
 type Found = Option<u64>;
 
+/// Judges one segment's summary: the segment holding the target, if this is it.
+type Judge<'a> = &'a mut (dyn FnMut(u64, &SegmentSummary) -> Found + Send);
+
+/// A summary lookup in flight.
+type Lookup = (u64, WalFileName, tokio::task::JoinHandle<Result<Option<SegmentSummary>, Failure>>);
+
+/// What a scan reads from: the archive along one timeline path.
+struct Archive<'a> {
+    src: &'a Arc<dyn WalSource>,
+    path: &'a TimelinePath,
+    size: WalSegmentSize,
+    listing: &'a Listing,
+}
+
 /// Reads summaries from `from` on, in order, `LOOKAHEAD` at a time; calls `judge` on each
 /// until it returns the segment that holds the target and `min_end` is reached.
 /// `judge == None` (latest) scans to the end of the archive.
 async fn scan(
-    src: &Arc<dyn WalSource>,
-    path: &TimelinePath,
-    size: WalSegmentSize,
-    listing: &Listing,
+    archive: &Archive<'_>,
     from: u64,
     min_end: u64,
-    mut judge: Option<&mut (dyn FnMut(u64, &SegmentSummary) -> Found + Send)>,
+    mut judge: Option<Judge<'_>>,
     what: &str,
 ) -> Result<Scan, Failure> {
-    let mut pending: VecDeque<(u64, WalFileName, tokio::task::JoinHandle<Result<Option<SegmentSummary>, Failure>>)> =
-        VecDeque::new();
+    let Archive { src, path, size, listing } = *archive;
+    let mut pending: VecDeque<Lookup> = VecDeque::new();
     let mut next = from;
     let mut found: Found = None;
     let mut last_xact: Option<PgTimestamp> = None;
@@ -237,6 +248,7 @@ pub async fn make_plan(
         )));
     }
     let what = target.describe();
+    let archive = Archive { src: &src, path: &path, size, listing: &listing };
 
     // Choose the backup.
     let oldest = backups[0].clone();
@@ -286,7 +298,7 @@ pub async fn make_plan(
                     segno
                 })
             };
-            scan(&src, &path, size, &listing, from, min_end, Some(&mut judge), &what).await?;
+            scan(&archive, from, min_end, Some(&mut judge), &what).await?;
             let (_, lsn) = at.ok_or_else(|| refuse(format!("{what} was not found")))?;
             backups.iter().rev().find(|b| b.stop_lsn <= lsn).cloned().or(Some(oldest.clone()))
         }
@@ -298,7 +310,7 @@ pub async fn make_plan(
     let mut stop = String::new();
     let scanned = match &target.kind {
         TargetKind::Latest => {
-            let s = scan(&src, &path, size, &listing, from, min_end, None, &what).await?;
+            let s = scan(&archive, from, min_end, None, &what).await?;
             stop = "at the end of the archived WAL".into();
             s
         }
@@ -339,7 +351,7 @@ pub async fn make_plan(
                     None
                 }
             };
-            scan(&src, &path, size, &listing, from, min_end, Some(&mut judge), &what).await?
+            scan(&archive, from, min_end, Some(&mut judge), &what).await?
         }
     };
     let first = WalFileName::segment(path.tli_for_segment(from, size), from, size);
