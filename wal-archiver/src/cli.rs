@@ -76,6 +76,44 @@ pub enum Command {
         #[arg(long)]
         pg_wal: PathBuf,
     },
+    /// Stream WAL from the server into the repository (a long-running process).
+    ///
+    /// Connects for physical replication, checks the system identifier against the
+    /// repository's cluster, starts after the newest complete segment archived for the
+    /// server's timeline (else the slot's restart_lsn, else the server's position), writes
+    /// the stream into `<segment>.partial` in the spool directory and fsyncs it before
+    /// reporting it flushed, stores every completed segment exactly as `push` does, and
+    /// uploads the growing segment every --partial-interval. Reconnects with backoff; stops
+    /// cleanly on SIGTERM/SIGINT. See docs/receive.md.
+    Receive {
+        /// How to reach the server: a libpq connection string or URI (replication=true is
+        /// added; application_name defaults to `pitr`) [default: from PG* variables; file key
+        /// `dbname`].
+        #[arg(long, short = 'd', env = "PITR_DBNAME", value_name = "CONNINFO")]
+        dbname: Option<String>,
+        /// Physical replication slot to stream from (the server keeps WAL until it is
+        /// reported flushed).
+        #[arg(long, value_name = "NAME")]
+        slot: Option<String>,
+        /// Create the slot (PHYSICAL RESERVE_WAL) if it does not exist.
+        #[arg(long, requires = "slot")]
+        create_slot: bool,
+        /// Spool directory for the segment being received and completed segments not yet
+        /// stored [default: /var/spool/pitr/<cluster>].
+        #[arg(long, env = "PITR_SPOOL", value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// Seconds between uploads of the growing segment (the RPO of a restore from the
+        /// repository alone).
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        partial_interval: f64,
+        /// What the flush position reported to the server means: fsynced in the spool, or
+        /// stored in the repository. This is what a synchronous commit waits for.
+        #[arg(long, value_enum, value_name = "WHERE", default_value = "spool")]
+        synchronous_durability: crate::receive::Durability,
+        /// Longest time in seconds between two status updates to the server.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        status_interval: f64,
+    },
     /// List the archived WAL files of the cluster.
     List {
         /// One JSON object per file instead of a table.
@@ -91,6 +129,7 @@ impl Command {
             Command::Push { .. } => "push",
             Command::Get { .. } => "get",
             Command::List { .. } => "list",
+            Command::Receive { .. } => "receive",
             Command::PrefetchWorker { .. } => "prefetch-worker",
             Command::PushAheadWorker { .. } => "push-ahead-worker",
         }

@@ -7,6 +7,9 @@ pub mod list;
 pub mod prefetch;
 pub mod push;
 pub mod push_ahead;
+pub mod receive;
+pub mod receive_spool;
+pub mod receive_upload;
 pub mod worker;
 
 use common::config::Config;
@@ -18,6 +21,9 @@ use crate::cli::{Cli, Command};
 /// start-up cost matters more than parallelism here).
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
+    if let Command::Receive { .. } = cli.command {
+        return run_receive(&config, cli.command);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -31,6 +37,42 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Command::List { json } => list::list(&config, json).await,
             Command::PrefetchWorker { after, spool } => prefetch::worker(&config, &spool, &after).await,
             Command::PushAheadWorker { pg_wal } => push_ahead::worker(&config, &pg_wal).await,
+            Command::Receive { .. } => unreachable!("run_receive"),
         }
     })
+}
+
+/// `receive` runs for days with a reader, a status sender and an uploader overlapping: a
+/// multi-threaded runtime (the reader's fsyncs block only its own worker thread).
+fn run_receive(config: &Config, command: Command) -> Result<(), Failure> {
+    let Command::Receive {
+        dbname,
+        slot,
+        create_slot,
+        spool,
+        partial_interval,
+        synchronous_durability,
+        status_interval,
+    } = command
+    else {
+        unreachable!("called for receive only")
+    };
+    let secs = |what: &str, v: f64| {
+        if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(Failure::msg(FailureKind::Usage, format!("--{what} must be between 0 and 86400 seconds, not {v}")))
+        }
+    };
+    let opts = receive::ReceiveOptions {
+        conninfo: dbname.or_else(|| config.dbname.clone()).unwrap_or_default(),
+        slot,
+        create_slot,
+        spool: spool.unwrap_or_else(|| receive::default_spool(&config.cluster)),
+        partial_interval: secs("partial-interval", partial_interval)?,
+        durability: synchronous_durability,
+        status_interval: secs("status-interval", status_interval)?,
+    };
+    let rt = common::cmdline::runtime(3)?;
+    rt.block_on(receive::receive(config, opts))
 }

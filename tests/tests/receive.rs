@@ -1,0 +1,405 @@
+//! End to end: `wal-archiver receive` streaming from a real PostgreSQL 15.
+//!
+//! - every segment the receiver stores is byte-identical to what PostgreSQL's own
+//!   archive_command (`push`, into a second repository) archived, and `push` of the same
+//!   segment into the receiver's repository finds an identical object;
+//! - as a synchronous standby (`synchronous_standby_names = 'pitr'`) commits return, and
+//!   after kill -9 of the primary a restore from the repository plus the spool has every row
+//!   whose commit returned (RPO = 0);
+//! - SIGTERM stops the receiver cleanly (exit 0) after uploading the growing segment, whose
+//!   object then holds everything the server had flushed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::wal::{TimelineId, WalFileName, WalSegmentSize};
+use pitr_tests::bins;
+use pitr_tests::pg::{as_server_user, give_to_server_user, pg_bin, scratch_dir, TestCluster};
+use pitr_tests::repo::TestRepo;
+
+/// A receiver process, killed on drop; its stderr goes to a file.
+struct ReceiverProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ReceiverProc {
+    fn start(repo: &TestRepo, cluster: &TestCluster, spool: &Path, extra: &[&str]) -> ReceiverProc {
+        let log = spool.with_extension("log");
+        let mut c = repo.wal_archiver();
+        let conninfo =
+            format!("host={} port={} user=postgres application_name=pitr", cluster.socket_dir.display(), cluster.port);
+        c.args(["receive", "-d", &conninfo, "--spool", spool.to_str().unwrap(), "--status-interval", "1"]);
+        c.args(extra);
+        c.env("PITR_LOG", "info");
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+        let child = c.spawn().expect("start wal-archiver receive");
+        ReceiverProc { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        let rc = kill(self.child.id() as i32, sig);
+        assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// Waits for the exit code, failing after `timeout`.
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "receiver did not exit within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ReceiverProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kill(1) (the workspace denies unsafe code, so no libc::kill).
+fn kill(pid: i32, sig: i32) -> i32 {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill");
+    if status.success() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// Waits until the receiver streams from `cluster` (optionally in sync state).
+fn wait_streaming(cluster: &TestCluster, rx: &ReceiverProc, sync: bool) {
+    let want = if sync { "streaming|sync" } else { "streaming" };
+    let sql = if sync {
+        "SELECT coalesce(string_agg(state || '|' || sync_state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'"
+    } else {
+        "SELECT coalesce(string_agg(state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'"
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if cluster.sql(sql) == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "receiver not {want} after 60 s:\n{}", rx.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the receiver reported `lsn` (or more) as flushed.
+fn wait_flushed(cluster: &TestCluster, rx: &ReceiverProc, lsn: &str) {
+    let sql = format!(
+        "SELECT coalesce(bool_and(flush_lsn >= '{lsn}'::pg_lsn), false) FROM pg_stat_replication WHERE application_name = 'pitr'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.sql(&sql) != "t" {
+        assert!(Instant::now() < deadline, "receiver did not flush {lsn} within 60 s:\n{}", rx.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `wal-archiver get` from `repo`; `None` when absent (exit 1).
+fn get(repo: &TestRepo, name: &str, dest: &Path) -> Option<Vec<u8>> {
+    let r = bins::run({
+        let mut c = repo.wal_archiver();
+        c.args(["get", name, dest.to_str().unwrap()]);
+        c
+    });
+    match r.code {
+        0 => Some(fs::read(dest).unwrap()),
+        1 => None,
+        _ => panic!("get {name} failed: {r:#?}"),
+    }
+}
+
+fn wait_stored(repo: &TestRepo, name: &str, scratch: &Path, rx: &ReceiverProc) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(b) = get(repo, name, &scratch.join(format!("{name}.wait"))) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "{name} not stored by the receiver within 60 s:\n{}", rx.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn segno(name: &str) -> u64 {
+    WalFileName::parse(name).unwrap().segment_number(WalSegmentSize::DEFAULT).unwrap().unwrap()
+}
+
+fn seg_name(segno: u64) -> String {
+    WalFileName::segment(TimelineId(1), segno, WalSegmentSize::DEFAULT).to_string()
+}
+
+#[test]
+fn received_segments_match_archive_command() {
+    let recv_repo = TestRepo::local();
+    let push_repo = TestRepo::local();
+    let mut primary = TestCluster::init("recv-match", &["archive_mode = on".into(), push_repo.archive_command()]);
+    for (k, v) in &push_repo.env {
+        primary.env(k, v);
+    }
+    primary.start();
+    let work = scratch_dir("recv-match-work");
+    let spool = work.path().join("spool");
+    let mut rx = ReceiverProc::start(&recv_repo, &primary, &spool, &[]);
+    wait_streaming(&primary, &rx, false);
+    let first = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+
+    primary.pgbench(&["-i", "-s", "2", "-q"]);
+    let mut last = primary.switch_wal();
+    for round in 0..3 {
+        primary.pgbench(&["-n", "-t", "300", "-c", "2"]);
+        if round == 1 {
+            // The server restarts mid-segment: the receiver reconnects and resends the
+            // segment from its start.
+            primary.stop();
+            primary.start();
+            primary.pgbench(&["-n", "-t", "100", "-c", "2"]);
+        }
+        last = primary.switch_wal();
+    }
+    primary.wait_archived(&last, Duration::from_secs(120));
+    wait_stored(&recv_repo, &last, work.path(), &rx);
+
+    // From the segment the receiver started in to the last one switched away from: every
+    // segment is in both repositories, byte-identical.
+    let (from, to) = (segno(&first), segno(&last));
+    assert!(to - from >= 3, "expected several segments, got {first}..{last}");
+    for n in from..=to {
+        let name = seg_name(n);
+        let received = get(&recv_repo, &name, &work.path().join(format!("{name}.recv")))
+            .unwrap_or_else(|| panic!("{name} missing from the receiver's repository:\n{}", rx.log()));
+        let archived = get(&push_repo, &name, &work.path().join(format!("{name}.push")))
+            .unwrap_or_else(|| panic!("{name} missing from archive_command's repository"));
+        assert!(received == archived, "{name}: received and archived segments differ");
+        // The server's own copy, when still in pg_wal, is the same too.
+        if let Ok(original) = fs::read(primary.data.join("pg_wal").join(&name)) {
+            assert!(original == received, "{name} differs from pg_wal");
+        }
+    }
+    // push and receive agree: pushing the server's copy into the receiver's repository finds
+    // an identical object.
+    let in_pg_wal = primary.data.join("pg_wal").join(&last);
+    if in_pg_wal.exists() {
+        let r = bins::run({
+            let mut c = recv_repo.wal_archiver();
+            c.args(["push", in_pg_wal.to_str().unwrap()]);
+            c
+        });
+        r.ok();
+    }
+    // Completed segments left the spool.
+    let left: Vec<String> = fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert!(left.is_empty(), "completed segments still in the spool: {left:?}");
+    assert!(rx.log().contains("reconnecting"), "the receiver reconnected after the restart:\n{}", rx.log());
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
+}
+
+#[test]
+fn synchronous_standby_loses_no_commit() {
+    synchronous_rpo_zero("spool");
+}
+
+/// The same with `--synchronous-durability repository`, restoring from the repository alone
+/// (the receiver's host and spool are lost too).
+#[test]
+fn synchronous_standby_repository_durability_loses_no_commit() {
+    synchronous_rpo_zero("repository");
+}
+
+fn synchronous_rpo_zero(durability: &str) {
+    let repo = TestRepo::local();
+    let mut primary = TestCluster::init(
+        &format!("recv-sync-{durability}"),
+        &["synchronous_standby_names = 'pitr'".into(), "synchronous_commit = on".into()],
+    );
+    primary.start();
+    let work = scratch_dir(&format!("recv-sync-{durability}-work"));
+    let spool = work.path().join("spool");
+    let rx = ReceiverProc::start(&repo, &primary, &spool, &["--synchronous-durability", durability]);
+    wait_streaming(&primary, &rx, true);
+
+    // A base backup taken while the receiver streams: everything after it is received.
+    let backup = work.path().join("backup");
+    let out = as_server_user(pg_bin().join("pg_basebackup"))
+        .args(["-h", primary.socket_dir.to_str().unwrap(), "-p", &primary.port.to_string(), "-U", "postgres"])
+        .args(["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Numbered rows, one transaction each; each commit waits for the receiver's flush. A
+    // commit that hangs (flush never reported) fails the test instead of hanging it.
+    primary.sql("CREATE TABLE rpo(i int PRIMARY KEY)");
+    let script = work.path().join("inserts.sql");
+    let mut sql = String::new();
+    for i in 1..=300 {
+        sql.push_str(&format!("INSERT INTO rpo VALUES ({i});\n"));
+    }
+    fs::write(&script, sql).unwrap();
+    give_to_server_user(&script);
+    let started = Instant::now();
+    let mut psql = as_server_user(pg_bin().join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", primary.socket_dir.to_str().unwrap()])
+        .args(["-p", &primary.port.to_string(), "-U", "postgres", "-d", "postgres", "-f", script.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some(s) = psql.try_wait().unwrap() {
+            assert!(s.success(), "inserts failed");
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = psql.kill();
+            panic!(
+                "300 synchronous commits did not return within 60 s (flush not reported?):\n{}\n{}",
+                primary.sql("SELECT * FROM pg_stat_replication"),
+                rx.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pitr'"), "sync");
+    let committed = primary.sql("SELECT count(*) FROM rpo");
+    assert_eq!(committed, "300");
+
+    // The primary dies; its data directory is gone for recovery purposes.
+    let pid: i32 =
+        fs::read_to_string(primary.data.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap();
+    assert_eq!(kill(pid, 9), 0);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(rx); // the receiver host keeps its spool; stop the process (SIGKILL)
+
+    // Restore: the base backup, restore_command from the repository, and the spool's
+    // segments (the growing one under its segment name) in pg_wal.
+    // In repository durability the spool is lost: the receiver's partial object stands in.
+    let restored_wal = backup.join("pg_wal");
+    let mut copied = Vec::new();
+    if durability == "spool" {
+        for e in fs::read_dir(&spool).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(seg) = name.strip_suffix(".partial").or(Some(name.as_str())).filter(|s| s.len() == 24) else {
+                continue;
+            };
+            fs::copy(e.path(), restored_wal.join(seg)).unwrap();
+            copied.push(name);
+        }
+    } else {
+        fs::remove_dir_all(&spool).unwrap();
+        let dir = repo.dir.as_ref().unwrap().join("main/receiver");
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seg = name.strip_suffix(".partial.zst").expect("only partial objects under receiver/");
+            let mut out = fs::File::create(restored_wal.join(seg)).unwrap();
+            common::codec::decompress(fs::File::open(e.path()).unwrap(), &mut out).unwrap();
+            copied.push(name);
+        }
+    }
+    assert!(!copied.is_empty(), "the growing segment is there");
+    TestCluster::append_conf(
+        &backup,
+        &[
+            "archive_mode = off".into(),
+            "synchronous_standby_names = ''".into(),
+            repo.restore_command(),
+            "recovery_target_action = 'promote'".into(),
+        ],
+    );
+    fs::write(backup.join("recovery.signal"), b"").unwrap();
+    give_to_server_user(work.path());
+    let mut restored = TestCluster::existing(backup.clone(), work.path().to_path_buf());
+    for (k, v) in &repo.env {
+        restored.env(k, v);
+    }
+    restored.start();
+    restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+    assert_eq!(
+        restored.sql("SELECT count(*), min(i), max(i) FROM rpo"),
+        "300|1|300",
+        "every row whose commit returned is recovered (spool files used: {copied:?})"
+    );
+}
+
+#[test]
+fn sigterm_uploads_the_partial_segment() {
+    let repo = TestRepo::local();
+    let mut primary = TestCluster::init("recv-term", &[]);
+    primary.start();
+    let work = scratch_dir("recv-term-work");
+    let spool = work.path().join("spool");
+    let args = ["--partial-interval", "30", "--slot", "pitr_test", "--create-slot"];
+    let mut rx = ReceiverProc::start(&repo, &primary, &spool, &args);
+    wait_streaming(&primary, &rx, false);
+    assert_eq!(
+        primary.sql("SELECT slot_type, active FROM pg_replication_slots WHERE slot_name = 'pitr_test'"),
+        "physical|t"
+    );
+    primary.sql("CREATE TABLE t AS SELECT g AS i FROM generate_series(1, 10000) g");
+    let flushed = primary.sql("SELECT pg_current_wal_flush_lsn()");
+    let seg = primary.sql(&format!("SELECT pg_walfile_name('{flushed}')"));
+    let abs: u64 = primary.sql(&format!("SELECT ('{flushed}'::pg_lsn - '0/0'::pg_lsn)::bigint")).parse().unwrap();
+    let offset = abs % WalSegmentSize::DEFAULT.bytes();
+    assert!(offset > 0);
+    wait_flushed(&primary, &rx, &flushed);
+    // The slot follows the reported flush position.
+    primary.wait_for(
+        &format!("SELECT restart_lsn >= '{flushed}' FROM pg_replication_slots WHERE slot_name = 'pitr_test'"),
+        "t",
+        Duration::from_secs(30),
+    );
+
+    // The partial interval is long: only the stop uploads it.
+    let key = repo.dir.as_ref().unwrap().join(format!("main/receiver/{seg}.partial.zst"));
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "clean stop exits 0:\n{}", rx.log());
+    let log = rx.log();
+    assert!(!log.to_lowercase().contains("error"), "clean stop logs no error:\n{log}");
+    assert!(key.exists(), "{} not uploaded at stop:\n{log}", key.display());
+
+    let mut partial = Vec::new();
+    common::codec::decompress(fs::File::open(&key).unwrap(), &mut partial).unwrap();
+    assert_eq!(partial.len() as u64, WalSegmentSize::DEFAULT.bytes(), "a full-size .partial");
+    let spooled = fs::read(spool.join(format!("{seg}.partial"))).unwrap();
+    assert!(partial == spooled, "the uploaded partial is the spool file");
+    let original = fs::read(primary.data.join("pg_wal").join(&seg)).unwrap();
+    assert!(
+        partial[..offset as usize] == original[..offset as usize],
+        "the partial object holds the server's WAL up to its flush position {flushed}"
+    );
+    // The server saw the receiver go away cleanly.
+    primary.wait_for(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pitr'",
+        "0",
+        Duration::from_secs(30),
+    );
+
+    // Started again (the slot exists now), it resumes in the same segment and stops again.
+    let mut rx = ReceiverProc::start(&repo, &primary, &spool, &args);
+    wait_streaming(&primary, &rx, false);
+    primary.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
+    let flushed = primary.sql("SELECT pg_current_wal_flush_lsn()");
+    wait_flushed(&primary, &rx, &flushed);
+    rx.signal(2);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "SIGINT stops cleanly too:\n{}", rx.log());
+    let n = segno(&seg) << 24;
+    let seg_start = format!("starting at {:X}/{:X}", n >> 32, n & 0xFFFF_FFFF);
+    assert!(rx.log().contains(&seg_start), "resumed at the segment start ({seg_start}):\n{}", rx.log());
+}

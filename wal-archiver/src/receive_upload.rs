@@ -1,0 +1,298 @@
+//! The receiver's uploader: one task, so its uploads never delay the status updates, and
+//! sequential, so a segment's partial object can never be uploaded after its complete
+//! object was stored and the partial object removed.
+//!
+//! - Complete segments, in order: [`push::store`](crate::push::store) (validated, same key,
+//!   compression, digest and summary as `push`: whichever of `push` and `receive` comes
+//!   second finds an identical object), then the spool file and the segment's partial object
+//!   are removed. Repository errors are retried with backoff (the segment stays in the
+//!   spool); a conflict or an invalid segment stops the receiver.
+//! - The growing segment, every `partial-interval` (in repository durability: as soon as
+//!   more WAL is fsynced): compressed in the codec format and stored with overwrite under
+//!   [`partial_key`], a key of the receiver's own that `push` never writes.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::codec;
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+use common::lsn::Lsn;
+use common::repository::Repository;
+use common::retry::retry;
+use common::storage::local::temp_path;
+use common::storage::{Body, ObjectKey, PutMode};
+use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::push;
+use crate::receive::{Durability, Positions, StopReason};
+
+/// The key of the receiver's partial object for `name` (a `.partial` name):
+/// `<cluster>/receiver/<segment>.partial.zst`. Replaced as the segment grows, removed once
+/// the complete segment is stored.
+pub fn partial_key(repo: &Repository, name: &WalFileName) -> ObjectKey {
+    let name = name.with_kind(WalFileKind::Partial);
+    ObjectKey::new(format!("{}/receiver/{name}.zst", repo.cluster())).expect("cluster and WAL names make valid keys")
+}
+
+/// Work for the uploader.
+#[derive(Debug)]
+pub enum Job {
+    /// A complete segment in the spool (its path).
+    Segment(PathBuf),
+}
+
+/// What the uploader needs.
+#[derive(Debug)]
+pub struct UploaderSetup {
+    /// Configuration (for `push::store`).
+    pub config: Config,
+    /// The repository.
+    pub repo: Repository,
+    /// The spool directory.
+    pub dir: PathBuf,
+    /// The timeline streamed.
+    pub timeline: TimelineId,
+    /// Segment size.
+    pub seg_size: WalSegmentSize,
+    /// Partial upload interval.
+    pub partial_interval: Duration,
+    /// Durability mode.
+    pub durability: Durability,
+    /// Shared positions (the uploader sets `uploaded`).
+    pub positions: Arc<watch::Sender<Positions>>,
+    /// Stop flag (set to Fatal on a fatal error).
+    pub stop: Arc<watch::Sender<StopReason>>,
+    /// Where a fatal error goes.
+    pub fatal: Arc<Mutex<Option<Failure>>>,
+}
+
+/// A running uploader.
+#[derive(Debug)]
+pub struct Uploader {
+    tx: mpsc::UnboundedSender<Job>,
+    finish: oneshot::Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl Uploader {
+    /// Starts the task.
+    pub fn start(setup: UploaderSetup) -> Uploader {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (finish, finish_rx) = oneshot::channel();
+        let handle = tokio::spawn(run(setup, rx, finish_rx));
+        Uploader { tx, finish, handle }
+    }
+
+    /// Queues a job.
+    pub fn send(&self, job: Job) {
+        let _ = self.tx.send(job);
+    }
+
+    /// Stores what is queued (one round of retries each), uploads the partial segment a
+    /// last time, and ends.
+    pub async fn finish(self) {
+        let _ = self.finish.send(());
+        drop(self.tx);
+        let _ = self.handle.await;
+    }
+}
+
+struct State {
+    setup: UploaderSetup,
+    queue: VecDeque<PathBuf>,
+    last_partial: Lsn,
+    finishing: bool,
+}
+
+async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut finish: oneshot::Receiver<()>) {
+    let mut positions = setup.positions.subscribe();
+    let mut tick = tokio::time::interval(setup.partial_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut st = State { setup, queue: VecDeque::new(), last_partial: Lsn(0), finishing: false };
+    let mut backoff = Duration::from_secs(1);
+    let mut rx_open = true;
+    loop {
+        while let Ok(Job::Segment(path)) = rx.try_recv() {
+            st.queue.push_back(path);
+        }
+        // Complete segments first, in order.
+        if let Some(path) = st.queue.front().cloned() {
+            match st.store_segment(&path).await {
+                Ok(()) => {
+                    st.queue.pop_front();
+                    backoff = Duration::from_secs(1);
+                    continue;
+                }
+                Err(Some(f)) => {
+                    st.fail(f);
+                    return;
+                }
+                Err(None) if st.finishing => {
+                    tracing::error!(file = %path.display(), "not stored before stopping; it stays in the spool and is stored at the next start");
+                    st.queue.pop_front();
+                    continue;
+                }
+                Err(None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut finish, if !st.finishing => st.finishing = true,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+        }
+        if st.finishing {
+            if let Err(f) = st.upload_partial().await {
+                tracing::error!("last partial upload failed: {f}");
+                eprintln!("wal-archiver receive: last partial upload failed: {f}");
+            }
+            return;
+        }
+        let repository_mode = st.setup.durability == Durability::Repository;
+        tokio::select! {
+            job = rx.recv(), if rx_open => match job {
+                Some(Job::Segment(path)) => st.queue.push_back(path),
+                None => rx_open = false,
+            },
+            _ = tick.tick(), if !repository_mode => st.partial_or_log().await,
+            r = positions.changed(), if repository_mode => {
+                if r.is_ok() {
+                    st.partial_or_log().await;
+                }
+            }
+            _ = &mut finish, if !st.finishing => st.finishing = true,
+        }
+    }
+}
+
+/// Removes a temporary file when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl State {
+    fn fail(&self, f: Failure) {
+        tracing::error!("{f}");
+        *self.setup.fatal.lock().unwrap() = Some(f);
+        self.setup.stop.send_if_modified(|s| {
+            let was = *s;
+            *s = StopReason::Fatal;
+            was != StopReason::Fatal
+        });
+    }
+
+    async fn partial_or_log(&mut self) {
+        if let Err(f) = self.upload_partial().await {
+            tracing::warn!("partial upload failed (retried at the next interval): {f}");
+        }
+    }
+
+    /// Stores one complete segment. `Err(None)`: retry later; `Err(Some)`: fatal.
+    async fn store_segment(&mut self, path: &Path) -> Result<(), Option<Failure>> {
+        if !path.exists() {
+            tracing::warn!(file = %path.display(), "queued segment vanished from the spool");
+            return Ok(());
+        }
+        let s = &self.setup;
+        match push::store(&s.config, path).await {
+            Ok(outcome) => {
+                tracing::info!(file = %path.display(), ?outcome, "stored");
+                let name = path.file_name().and_then(|n| n.to_str()).and_then(|n| WalFileName::parse(n).ok());
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(file = %path.display(), "cannot remove from the spool: {e}");
+                }
+                if let Some(name) = name {
+                    let key = partial_key(&s.repo, &name);
+                    match retry(s.repo.retry_policy(), "remove partial object", || s.repo.storage().delete(&key)).await
+                    {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => tracing::warn!(%key, "cannot remove the partial object: {e}"),
+                    }
+                    if name.timeline == s.timeline {
+                        if let Ok(Some(segno)) = name.segment_number(s.seg_size) {
+                            let end = Lsn((segno + 1) * s.seg_size.bytes());
+                            s.positions.send_if_modified(|p| {
+                                let advance = end > p.uploaded;
+                                if advance {
+                                    p.uploaded = end;
+                                }
+                                advance
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(f) => match f.kind {
+                FailureKind::Storage | FailureKind::LocalIo => {
+                    tracing::warn!(file = %path.display(), "storing failed, will retry: {f}");
+                    Err(None)
+                }
+                _ => Err(Some(Failure::msg(f.kind, format!("{}: {f}", path.display())))),
+            },
+        }
+    }
+
+    /// Uploads the growing segment if more of it is fsynced than last time.
+    async fn upload_partial(&mut self) -> Result<(), Failure> {
+        let s = &self.setup;
+        let synced = s.positions.borrow().synced;
+        if synced <= self.last_partial || synced.segment_offset(s.seg_size) == 0 || !self.queue.is_empty() {
+            return Ok(());
+        }
+        let segno = synced.segment_number(s.seg_size);
+        let name = WalFileName::segment(s.timeline, segno, s.seg_size).with_kind(WalFileKind::Partial);
+        let path = s.dir.join(name.to_string());
+        let scratch = s.repo.storage().scratch_dir().unwrap_or_else(std::env::temp_dir);
+        let tmp = TempFile(temp_path(&scratch, &name.to_string()));
+        let (tmp_path, opts, seg_bytes) = (tmp.0.clone(), s.config.compress, s.seg_size.bytes());
+        let name_str = name.to_string();
+        let compressed = tokio::task::spawn_blocking(move || -> Result<bool, Failure> {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // Completed and renamed meanwhile: its complete object is on the way.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(Failure::msg(FailureKind::LocalIo, format!("{}: {e}", path.display()))),
+            };
+            let mut out = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp_path)
+                .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", tmp_path.display())))?;
+            codec::compress(&[], &mut file, &mut out, &name_str, Some(seg_bytes), opts)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, e))??;
+        if !compressed {
+            return Ok(());
+        }
+        let key = partial_key(&s.repo, &name);
+        retry(s.repo.retry_policy(), "store partial segment", || {
+            s.repo.storage().put(&key, Body::File(tmp.0.clone()), PutMode::Overwrite)
+        })
+        .await?;
+        tracing::debug!(%key, %synced, "partial segment uploaded");
+        self.last_partial = synced;
+        s.positions.send_if_modified(|p| {
+            let advance = synced > p.uploaded;
+            if advance {
+                p.uploaded = synced;
+            }
+            advance
+        });
+        Ok(())
+    }
+}
