@@ -403,3 +403,67 @@ fn sigterm_uploads_the_partial_segment() {
     let seg_start = format!("starting at {:X}/{:X}", n >> 32, n & 0xFFFF_FFFF);
     assert!(rx.log().contains(&seg_start), "resumed at the segment start ({seg_start}):\n{}", rx.log());
 }
+
+/// The receiver streams from a standby that is then promoted: it stores the old timeline's
+/// last segment as `.partial`, archives `00000002.history`, and follows timeline 2, whose
+/// segments are byte-identical to the promoted server's.
+#[test]
+fn follows_a_promotion() {
+    let repo = TestRepo::local();
+    let mut primary = TestCluster::init("recv-tl-primary", &[]);
+    primary.start();
+    let sdir = scratch_dir("recv-tl-standby");
+    let sdata = sdir.path().join("data");
+    let out = as_server_user(pg_bin().join("pg_basebackup"))
+        .args(["-h", primary.socket_dir.to_str().unwrap(), "-p", &primary.port.to_string(), "-U", "postgres"])
+        .args(["-D", sdata.to_str().unwrap(), "-X", "stream", "-c", "fast", "--no-sync", "-R"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    give_to_server_user(sdir.path());
+    let mut standby = TestCluster::existing(sdata.clone(), sdir.path().to_path_buf());
+    standby.start();
+
+    let work = scratch_dir("recv-tl-work");
+    let spool = work.path().join("spool");
+    let mut rx = ReceiverProc::start(&repo, &standby, &spool, &[]);
+    wait_streaming(&standby, &rx, false);
+    primary.sql("CREATE TABLE tl AS SELECT g AS i FROM generate_series(1, 1000) g");
+    let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+    wait_flushed(&standby, &rx, &lsn);
+    primary.stop();
+
+    let out = as_server_user(pg_bin().join("pg_ctl"))
+        .args(["-D", sdata.to_str().unwrap(), "-w", "promote"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
+    standby.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(60));
+    standby.sql("INSERT INTO tl SELECT g FROM generate_series(1001, 2000) g");
+    let seg2 = standby.switch_wal();
+    assert!(seg2.starts_with("00000002"), "{seg2}");
+
+    // Timeline 2's segment, byte-identical to the promoted server's.
+    let received = wait_stored(&repo, &seg2, work.path(), &rx);
+    let original = fs::read(sdata.join("pg_wal").join(&seg2)).unwrap();
+    assert!(received == original, "{seg2} differs from the promoted server's pg_wal");
+    // The history file.
+    let history = get(&repo, "00000002.history", &work.path().join("history")).expect("00000002.history archived");
+    assert_eq!(history, fs::read(sdata.join("pg_wal/00000002.history")).unwrap());
+    // Timeline 1's last segment, as .partial, up to the switch point identical to timeline 2's copy.
+    let text = String::from_utf8(history).unwrap();
+    let switch: common::lsn::Lsn =
+        text.lines().find(|l| l.starts_with("1\t")).unwrap().split('\t').nth(1).unwrap().parse().unwrap();
+    let seg_size = WalSegmentSize::DEFAULT;
+    let old = WalFileName::segment(TimelineId(1), switch.segment_number(seg_size), seg_size);
+    let partial = get(&repo, &format!("{old}.partial"), &work.path().join("old.partial"))
+        .unwrap_or_else(|| panic!("{old}.partial not archived:\n{}", rx.log()));
+    let new_first = WalFileName::segment(TimelineId(2), switch.segment_number(seg_size), seg_size);
+    let new_copy =
+        get(&repo, &new_first.to_string(), &work.path().join("new.first")).expect("first segment of timeline 2");
+    let upto = switch.segment_offset(seg_size) as usize;
+    assert!(partial[..upto] == new_copy[..upto], "the old timeline's partial and timeline 2 agree up to the switch");
+    assert!(rx.log().contains("following timeline 2"), "{}", rx.log());
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
+}

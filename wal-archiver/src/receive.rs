@@ -15,7 +15,9 @@
 //!
 //! Positions reported: `write` = received and written to the spool, `flush` = fsynced in the
 //! spool (`--synchronous-durability spool`) or stored in the repository (`repository`),
-//! `apply` = 0. Streaming always (re)starts at a segment start.
+//! `apply` = 0. Streaming always (re)starts at a segment start. At the end of a timeline the
+//! old timeline's last segment is stored as `.partial`, the next timeline's history file is
+//! fetched and stored, and the next timeline is streamed.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -120,6 +122,8 @@ struct Receiver {
 enum SessionEnd {
     /// Stopped on request, cleanly.
     Stopped,
+    /// The timeline ended; the spool now follows the next one.
+    TimelineSwitched,
 }
 
 /// A session failure: retry after a pause, or give up.
@@ -243,6 +247,7 @@ impl Receiver {
             let before = self.positions.borrow().written;
             match self.session().await {
                 Ok(SessionEnd::Stopped) => return Ok(()),
+                Ok(SessionEnd::TimelineSwitched) => backoff = Duration::from_secs(1),
                 Err(SessionError::Fatal(f)) => return Err(f),
                 Err(SessionError::Retry(f)) => {
                     if self.stopping() {
@@ -285,7 +290,18 @@ impl Receiver {
             &describe,
         )
         .await?;
-        let tli = TimelineId(ident.timeline);
+        // Once streaming, the receiver asks for the timeline it is on: the server streams it
+        // up to its end and names the next one.
+        let tli = self.spool.as_ref().map_or(TimelineId(ident.timeline), |s| s.timeline());
+        if tli.0 > ident.timeline {
+            return Err(SessionError::Fatal(Failure::msg(
+                FailureKind::Server,
+                format!(
+                    "{ctx} is on timeline {}, behind the receiver's timeline {} (connected to an old primary?)",
+                    ident.timeline, tli.0
+                ),
+            )));
+        }
 
         if !self.slot_checked {
             if let (Some(slot), true) = (&self.opts.slot, self.opts.create_slot) {
@@ -295,20 +311,10 @@ impl Receiver {
         }
 
         let start = match &mut self.spool {
-            Some(spool) if spool.timeline() == tli => {
+            Some(spool) => {
                 let start = spool.written().segment_start(seg_size);
                 tokio::task::block_in_place(|| spool.rewind(start)).map_err(local)?;
                 start
-            }
-            Some(spool) => {
-                return Err(SessionError::Fatal(Failure::msg(
-                    FailureKind::Server,
-                    format!(
-                        "{ctx} is now on timeline {tli:?} (was {:?}): following a timeline switch is not supported \
-                         yet; the spool keeps the old timeline's WAL; restart the receiver",
-                        spool.timeline()
-                    ),
-                )))
             }
             None => {
                 let slot_lsn = match (&self.opts.slot, version >= 150000) {
@@ -326,11 +332,12 @@ impl Receiver {
 
         match conn.start_replication(self.opts.slot.as_deref(), start, Some(tli.0)).await {
             Ok(CopyBothStart::Streaming) => {}
-            Ok(CopyBothStart::Completed(_)) => {
-                return Err(SessionError::Fatal(Failure::msg(
-                    FailureKind::Server,
-                    format!("timeline {} ended at {start}: following timeline switches is not supported yet", tli.0),
-                )))
+            // Exactly at the end of an old timeline: no COPY, the next timeline at once.
+            Ok(CopyBothStart::Completed(results)) => {
+                let (next, switch) = next_timeline(&results)?;
+                self.switch_timeline(&mut conn, next, switch).await?;
+                let _ = conn.terminate().await;
+                return Ok(SessionEnd::TimelineSwitched);
             }
             Err(e) => return Err(pg_error(&format!("START_REPLICATION {start} on timeline {}", tli.0), e)),
         }
@@ -403,7 +410,7 @@ impl Receiver {
         let mut stop = self.stop.subscribe();
         let mut expected = start;
         let mut stop_sent = false;
-        let result: Result<(), SessionError> = loop {
+        let result: Result<SessionEnd, SessionError> = loop {
             // The first message of a batch: wait for it (or for the stop).
             let first = tokio::select! {
                 biased;
@@ -419,7 +426,7 @@ impl Receiver {
                     Ok(m) => m,
                     Err(_) => {
                         tracing::warn!("the server did not end the stream within 10 s of CopyDone");
-                        break Ok(());
+                        break Ok(SessionEnd::Stopped);
                     }
                 },
             };
@@ -443,16 +450,12 @@ impl Receiver {
             }
             match self.process_batch(batch, &mut expected, &cmd_tx).await {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::ServerDone) if stop_sent => break Ok(()),
+                Ok(Flow::ServerDone) if stop_sent => break Ok(SessionEnd::Stopped),
                 Ok(Flow::ServerDone) => {
-                    break Err(SessionError::Fatal(Failure::msg(
-                        FailureKind::Server,
-                        format!(
-                            "the server ended the stream at {expected} (end of timeline {}): following timeline \
-                             switches is not supported yet",
-                            self.spool.as_ref().map(|s| s.timeline().0).unwrap_or(0)
-                        ),
-                    )))
+                    // End of the timeline: answer with CopyDone, then the server names the
+                    // next timeline.
+                    let _ = cmd_tx.send(StatusCmd::Stop).await;
+                    break Ok(SessionEnd::TimelineSwitched);
                 }
                 Ok(Flow::ServerClosing) => {
                     break Err(SessionError::Retry(Failure::msg(
@@ -465,17 +468,95 @@ impl Receiver {
         };
         drop(cmd_tx);
         let writer = status.await.ok().and_then(|r| r.ok());
-        if result.is_ok() {
-            // Clean stop: read the results of START_REPLICATION and say goodbye.
-            if let Some(writer) = writer {
-                if let Ok(mut conn) = reader.unsplit(writer) {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_results()).await;
-                    let _ = conn.terminate().await;
+        match result {
+            Ok(SessionEnd::Stopped) => {
+                // Clean stop: read the results of START_REPLICATION and say goodbye.
+                if let Some(writer) = writer {
+                    if let Ok(mut conn) = reader.unsplit(writer) {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_results()).await;
+                        let _ = conn.terminate().await;
+                    }
                 }
+                Ok(SessionEnd::Stopped)
             }
-            return Ok(SessionEnd::Stopped);
+            Ok(SessionEnd::TimelineSwitched) => {
+                let lost = || {
+                    SessionError::Retry(Failure::msg(FailureKind::Server, "connection lost at the end of the timeline"))
+                };
+                let writer = writer.ok_or_else(lost)?;
+                let mut conn = reader.unsplit(writer).map_err(|_| lost())?;
+                let results = tokio::time::timeout(Duration::from_secs(30), conn.read_results())
+                    .await
+                    .map_err(|_| lost())?
+                    .map_err(|e| pg_error("end of timeline", e))?;
+                let (next, switch) = next_timeline(&results)?;
+                self.switch_timeline(&mut conn, next, switch).await?;
+                let _ = conn.terminate().await;
+                Ok(SessionEnd::TimelineSwitched)
+            }
+            Err(e) => Err(e),
         }
-        result.map(|()| SessionEnd::Stopped)
+    }
+
+    /// The timeline being received ended at `switch` and `next` follows: store the old
+    /// timeline's last segment as `.partial` (never as a complete segment), fetch and store
+    /// the history file of `next`, and point the spool at `next` from the segment start of
+    /// `switch` (the server resends that segment on the new timeline).
+    async fn switch_timeline(&mut self, conn: &mut Connection, next: u32, switch: Lsn) -> Result<(), SessionError> {
+        let spool = self.spool.as_mut().expect("spool opened before streaming");
+        let uploader = self.uploader.as_ref().expect("uploader started with the spool");
+        let old = spool.timeline();
+        let seg_size = spool.seg_size();
+        if next <= old.0 {
+            return Err(SessionError::Fatal(Failure::msg(
+                FailureKind::Server,
+                format!("the server says timeline {} follows timeline {}", next, old.0),
+            )));
+        }
+        if switch > spool.written() {
+            return Err(SessionError::Fatal(Failure::msg(
+                FailureKind::Server,
+                format!(
+                    "timeline {next} starts at {switch}, beyond the end of timeline {} received ({})",
+                    old.0,
+                    spool.written()
+                ),
+            )));
+        }
+        tokio::task::block_in_place(|| spool.sync()).map_err(local)?;
+        tracing::info!(timeline = old.0, next, %switch, "end of timeline");
+        eprintln!("wal-archiver receive: timeline {} ended at {switch}; following timeline {next}", old.0);
+        let segno = switch.segment_number(seg_size);
+        if switch.segment_offset(seg_size) != 0 {
+            let last = spool.path(segno, WalFileKind::Partial);
+            if last.exists() {
+                uploader.send(Job::Segment(last));
+            }
+        }
+        let history =
+            conn.timeline_history(next).await.map_err(|e| pg_error(&format!("TIMELINE_HISTORY {next}"), e))?;
+        let name = WalFileName::history(TimelineId(next)).to_string();
+        if history.filename != name {
+            return Err(SessionError::Fatal(Failure::msg(
+                FailureKind::Server,
+                format!("TIMELINE_HISTORY {next} returned {:?}", history.filename),
+            )));
+        }
+        let dir = spool.dir().to_path_buf();
+        let path = dir.join(&name);
+        tokio::task::block_in_place(|| -> std::io::Result<()> {
+            let tmp = dir.join(format!("{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &history.content)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            receive_spool::sync_dir(&dir)
+        })
+        .map_err(local)?;
+        uploader.send(Job::Segment(path));
+        uploader.send(Job::Timeline(TimelineId(next)));
+        *spool = Spool::open(&dir, seg_size, TimelineId(next), switch.segment_start(seg_size)).map_err(local)?;
+        Ok(())
     }
 
     async fn process_batch(
@@ -559,9 +640,9 @@ impl Receiver {
         // back in the reports.
         let (written, synced) = (spool.written().max(spool.synced()), spool.synced());
         self.positions.send_if_modified(|p| {
-            let changed = p.written != written || p.synced != synced;
-            p.written = written;
-            p.synced = synced;
+            let changed = written > p.written || synced > p.synced;
+            p.written = p.written.max(written);
+            p.synced = p.synced.max(synced);
             changed
         });
         if let Some(up) = &self.uploader {
@@ -577,6 +658,21 @@ impl Receiver {
             None => Ok(flow),
         }
     }
+}
+
+/// Reads the next timeline and its start from the result set that follows the end of a
+/// timeline (`next_tli`, `next_tli_startpos`).
+fn next_timeline(results: &[common::pgwire::ResultSet]) -> Result<(u32, Lsn), SessionError> {
+    let bad = || {
+        SessionError::Fatal(Failure::msg(
+            FailureKind::Server,
+            format!("unexpected answer at the end of a timeline: {results:?}"),
+        ))
+    };
+    let rs = results.iter().find(|rs| rs.column_index("next_tli").is_some()).ok_or_else(bad)?;
+    let next: u32 = rs.get(0, "next_tli").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let switch: Lsn = rs.get(0, "next_tli_startpos").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    Ok((next, switch))
 }
 
 enum Flow {

@@ -74,6 +74,11 @@ impl Spool {
         Ok(())
     }
 
+    /// The segment size.
+    pub fn seg_size(&self) -> WalSegmentSize {
+        self.seg_size
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

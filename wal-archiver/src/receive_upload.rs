@@ -42,8 +42,11 @@ pub fn partial_key(repo: &Repository, name: &WalFileName) -> ObjectKey {
 /// Work for the uploader.
 #[derive(Debug)]
 pub enum Job {
-    /// A complete segment in the spool (its path).
+    /// A file in the spool to store with `push::store` and then remove: a complete segment,
+    /// the `.partial` last segment of an ended timeline, a history file.
     Segment(PathBuf),
+    /// From now on the growing segment is on this timeline.
+    Timeline(TimelineId),
 }
 
 /// What the uploader needs.
@@ -104,7 +107,7 @@ impl Uploader {
 
 struct State {
     setup: UploaderSetup,
-    queue: VecDeque<PathBuf>,
+    queue: VecDeque<Job>,
     last_partial: Lsn,
     finishing: bool,
 }
@@ -117,11 +120,18 @@ async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut fin
     let mut backoff = Duration::from_secs(1);
     let mut rx_open = true;
     loop {
-        while let Ok(Job::Segment(path)) = rx.try_recv() {
-            st.queue.push_back(path);
+        while let Ok(job) = rx.try_recv() {
+            st.queue.push_back(job);
+        }
+        if let Some(Job::Timeline(t)) = st.queue.front() {
+            st.setup.timeline = *t;
+            st.last_partial = Lsn(0);
+            st.queue.pop_front();
+            continue;
         }
         // Complete segments first, in order.
-        if let Some(path) = st.queue.front().cloned() {
+        if let Some(Job::Segment(path)) = st.queue.front() {
+            let path = path.clone();
             match st.store_segment(&path).await {
                 Ok(()) => {
                     st.queue.pop_front();
@@ -156,8 +166,9 @@ async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut fin
         }
         let repository_mode = st.setup.durability == Durability::Repository;
         tokio::select! {
+            biased;
             job = rx.recv(), if rx_open => match job {
-                Some(Job::Segment(path)) => st.queue.push_back(path),
+                Some(job) => st.queue.push_back(job),
                 None => rx_open = false,
             },
             _ = tick.tick(), if !repository_mode => st.partial_or_log().await,
@@ -211,7 +222,7 @@ impl State {
                 if let Err(e) = std::fs::remove_file(path) {
                     tracing::warn!(file = %path.display(), "cannot remove from the spool: {e}");
                 }
-                if let Some(name) = name {
+                if let Some(name) = name.filter(|n| matches!(n.kind, WalFileKind::Segment | WalFileKind::Partial)) {
                     let key = partial_key(&s.repo, &name);
                     match retry(s.repo.retry_policy(), "remove partial object", || s.repo.storage().delete(&key)).await
                     {
@@ -219,7 +230,7 @@ impl State {
                         Err(e) if e.is_not_found() => {}
                         Err(e) => tracing::warn!(%key, "cannot remove the partial object: {e}"),
                     }
-                    if name.timeline == s.timeline {
+                    if name.timeline == s.timeline && name.kind == WalFileKind::Segment {
                         if let Ok(Some(segno)) = name.segment_number(s.seg_size) {
                             let end = Lsn((segno + 1) * s.seg_size.bytes());
                             s.positions.send_if_modified(|p| {
