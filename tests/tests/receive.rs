@@ -467,3 +467,60 @@ fn follows_a_promotion() {
     rx.signal(15);
     assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
 }
+
+/// The receiver is killed -9 and restarted again and again while pgbench runs: the archive
+/// it builds has no gap, and every segment is byte-identical to what archive_command archived.
+#[test]
+fn kill_9_and_restart_leaves_no_gap() {
+    let recv_repo = TestRepo::local();
+    let push_repo = TestRepo::local();
+    let mut primary = TestCluster::init("recv-kill", &["archive_mode = on".into(), push_repo.archive_command()]);
+    for (k, v) in &push_repo.env {
+        primary.env(k, v);
+    }
+    primary.start();
+    primary.pgbench(&["-i", "-s", "2", "-q"]);
+    let work = scratch_dir("recv-kill-work");
+    let spool = work.path().join("spool");
+    let rx = ReceiverProc::start(&recv_repo, &primary, &spool, &["--partial-interval", "0.2"]);
+    wait_streaming(&primary, &rx, false);
+    let first = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+
+    let bench = {
+        let (socket, port) = (primary.socket_dir.clone(), primary.port);
+        std::thread::spawn(move || {
+            let out = as_server_user(pg_bin().join("pgbench"))
+                .args(["-h", socket.to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
+                .args(["-n", "-T", "12", "-c", "4", "postgres"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "pgbench: {}", String::from_utf8_lossy(&out.stderr));
+        })
+    };
+    let mut rx = rx;
+    for i in 0..8u64 {
+        std::thread::sleep(Duration::from_millis(500 + 170 * i));
+        rx.signal(9);
+        assert_eq!(rx.wait(Duration::from_secs(10)), None, "killed by the signal");
+        // Segments complete while it is down, too.
+        primary.switch_wal();
+        rx = ReceiverProc::start(&recv_repo, &primary, &spool, &["--partial-interval", "0.2"]);
+    }
+    bench.join().unwrap();
+    let last = primary.switch_wal();
+    primary.wait_archived(&last, Duration::from_secs(120));
+    wait_stored(&recv_repo, &last, work.path(), &rx);
+
+    let (from, to) = (segno(&first), segno(&last));
+    assert!(to - from >= 8, "expected several segments, got {first}..{last}");
+    for n in from..=to {
+        let name = seg_name(n);
+        let received = get(&recv_repo, &name, &work.path().join(format!("{name}.recv")))
+            .unwrap_or_else(|| panic!("gap: {name} missing from the receiver's repository:\n{}", rx.log()));
+        let archived = get(&push_repo, &name, &work.path().join(format!("{name}.push")))
+            .unwrap_or_else(|| panic!("{name} missing from archive_command's repository"));
+        assert!(received == archived, "{name}: received and archived segments differ");
+    }
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
+}

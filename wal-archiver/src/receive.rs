@@ -867,23 +867,44 @@ pub async fn start_position(
     }
     let mut why = "after the newest segment archived";
     // Complete segments still waiting in the spool count as received.
-    let spooled = receive_spool::scan(spool_dir)
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, e))?
-        .complete
-        .iter()
-        .filter(|(n, _)| n.timeline == tli)
-        .filter_map(|(n, _)| n.segment_number(seg_size).ok().flatten())
-        .filter(|&s| s <= server_seg)
-        .max();
-    if spooled > newest {
-        newest = spooled;
+    let content = receive_spool::scan(spool_dir).map_err(|e| Failure::msg(FailureKind::LocalIo, e))?;
+    let on_tli = |files: &[(WalFileName, std::path::PathBuf)]| {
+        files
+            .iter()
+            .filter(|(n, _)| n.timeline == tli)
+            .filter_map(|(n, _)| n.segment_number(seg_size).ok().flatten())
+            .filter(|&s| s <= server_seg)
+            .max()
+    };
+    if on_tli(&content.complete) > newest {
+        newest = on_tli(&content.complete);
         why = "after the newest segment in the spool";
     }
+    // A segment being received when the receiver last stopped (its spool file, or its
+    // partial object if the spool is gone): start again at its beginning, never after it.
+    let receiver_objects = {
+        let prefix = format!("{}/receiver/", repo.cluster());
+        retry(repo.retry_policy(), "list partial objects", || repo.storage().list(&prefix)).await?
+    };
+    let partial_object = receiver_objects
+        .iter()
+        .filter_map(|o| {
+            let file = o.key.as_str().rsplit('/').next()?.strip_suffix(".zst")?;
+            let name = WalFileName::parse(file).ok()?;
+            (name.kind == WalFileKind::Partial && name.timeline == tli).then_some(name)
+        })
+        .filter_map(|n| n.segment_number(seg_size).ok().flatten())
+        .filter(|&s| s <= server_seg)
+        .max();
+    let growing = on_tli(&content.partial).max(partial_object);
     let server_start = server_pos.segment_start(seg_size);
-    let start = match (newest, slot_restart) {
-        (Some(n), _) => (Lsn((n + 1) * seg_size.bytes()), why),
-        (None, Some(slot)) => (slot.segment_start(seg_size), "the replication slot's restart_lsn"),
-        (None, None) => (server_start, "the server's current position: nothing archived on this timeline yet"),
+    let start = match (newest, growing, slot_restart) {
+        (n, Some(g), _) if n.is_none_or(|n| g > n) => {
+            (Lsn(g * seg_size.bytes()), "the segment that was being received when the receiver stopped")
+        }
+        (Some(n), _, _) => (Lsn((n + 1) * seg_size.bytes()), why),
+        (None, _, Some(slot)) => (slot.segment_start(seg_size), "the replication slot's restart_lsn"),
+        (None, _, None) => (server_start, "the server's current position: nothing archived on this timeline yet"),
     };
     Ok((start.0.min(server_start), start.1))
 }
@@ -937,6 +958,16 @@ mod tests {
         assert_eq!(start_position(&r, spool.path(), tli, seg, at(9, 100), None).await.unwrap().0, at(9, 0));
         std::fs::write(spool.path().join("000000010000000000000009"), b"x").unwrap();
         assert_eq!(start_position(&r, spool.path(), tli, seg, at(10, 0), None).await.unwrap().0, at(10, 0));
+        // A segment that was being received: started again from its beginning, even when
+        // the server has moved on.
+        std::fs::write(spool.path().join("00000001000000000000000A.partial"), b"x").unwrap();
+        assert_eq!(start_position(&r, spool.path(), tli, seg, at(12, 9), None).await.unwrap().0, at(10, 0));
+        // Or, with the spool gone, its partial object in the repository.
+        let r2 = repo();
+        let key = common::storage::ObjectKey::new("main/receiver/000000010000000000000007.partial.zst").unwrap();
+        r2.storage().put(&key, Body::Bytes(vec![0u8; 8].into()), PutMode::CreateNew).await.unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(start_position(&r2, empty.path(), tli, seg, at(12, 9), None).await.unwrap().0, at(7, 0));
         // Never beyond the server.
         assert_eq!(start_position(&r, spool.path(), tli, seg, at(7, 5), None).await.unwrap().0, at(6, 0));
     }
