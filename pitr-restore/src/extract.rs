@@ -7,15 +7,21 @@
 //!
 //! ```text
 //! download+decompress tasks (AHEAD at once) --raw chunk, in order--> writer thread (tar -> files)
+//!        ^------------------------- emptied raw buffers -------------------'   |
+//!                                                          syncer thread <-----' (fdatasync)
 //! ```
-//! Memory is bounded by AHEAD chunks (compressed and raw), whatever the backup's size.
+//! Memory is bounded by AHEAD chunks (compressed and raw), whatever the backup's size: the raw
+//! buffers, sized from each chunk's header, go back to a pool once extracted and are reused,
+//! so a restore allocates (and page-faults) only a few of them. Every [`SYNC_EVERY`] bytes of
+//! a file, the syncer thread flushes that file's data to disk while extraction goes on, so the
+//! disk writes from the start instead of only at the final sync.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use common::catalog::{self, ArchiveEntry, BackupEntry};
 use common::codec;
@@ -27,6 +33,72 @@ use common::tar::{FileDigest, FileDigests, MemberKind, TarError, TarHeader, TarR
 
 /// Output buffer of each file being written.
 const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes written to a file after which the syncer thread flushes them to disk.
+const SYNC_EVERY: u64 = 32 << 20;
+/// Files whose last unsynced part is shorter than this are left to the final `syncfs`.
+const SYNC_MIN: u64 = 1 << 20;
+/// Flush requests that may wait for the syncer thread (the writer waits beyond them, so that
+/// extraction runs at most this far ahead of the disk).
+const SYNC_QUEUE: usize = 8;
+/// Largest raw buffer reserved up front from a chunk's header (a damaged header must not
+/// trigger a huge allocation; a larger chunk still decompresses, growing the buffer).
+const MAX_RESERVE: usize = 64 << 20;
+
+/// Raw chunk buffers handed back by the writer thread once extracted.
+type BufferPool = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// The raw size a stored chunk announces in its header, if it can be read.
+fn announced_raw_size(obj: &[u8]) -> Option<usize> {
+    let len = codec::header_len(obj).ok()?;
+    let h = codec::ObjectHeader::decode(obj.get(..len)?).ok()?;
+    usize::try_from(h.raw_size).ok()
+}
+
+/// An empty buffer for a chunk of `obj`: a recycled one when there is one, with room for the
+/// whole raw chunk.
+fn raw_buffer(pool: &BufferPool, obj: &[u8]) -> Vec<u8> {
+    let mut raw = pool.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+    raw.clear();
+    raw.reserve_exact(announced_raw_size(obj).unwrap_or(obj.len().saturating_mul(4)).min(MAX_RESERVE));
+    raw
+}
+
+/// Flushes file data to disk in a thread of its own while the writer goes on.
+struct Syncer {
+    tx: Option<mpsc::SyncSender<File>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Syncer {
+    fn new(root: PathBuf) -> Syncer {
+        let (tx, rx) = mpsc::sync_channel::<File>(SYNC_QUEUE);
+        let thread = std::thread::spawn(move || {
+            for f in rx {
+                f.sync_data().map_err(|e| format!("cannot sync files under {}: {e}", root.display()))?;
+            }
+            Ok(())
+        });
+        Syncer { tx: Some(tx), thread: Some(thread) }
+    }
+
+    /// Queues `f` (its data written so far) for flushing. A syncer that stopped reports why
+    /// in [`finish`](Self::finish).
+    fn sync(&self, f: File) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(f);
+        }
+    }
+
+    /// Waits until everything queued is on disk.
+    fn finish(&mut self) -> Result<(), String> {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the sync thread panicked".into()),
+            None => Ok(()),
+        }
+    }
+}
 
 fn corrupt(id: &str, msg: impl std::fmt::Display) -> Failure {
     Failure::msg(FailureKind::Corrupt, format!("backup {id}: {msg}"))
@@ -109,13 +181,17 @@ async fn extract_archive(
         .map(|n| ObjectKey::new(catalog::chunk_key(repo.cluster(), id, &a.name, n)))
         .collect::<Result<_, _>>()?;
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1);
+    let pool = BufferPool::default();
     let dest_owned = dest.to_path_buf();
+    let returned = pool.clone();
     let writer = std::thread::spawn(move || -> Result<(Extractor, TarReader), TarError> {
         let mut x = Extractor::new(dest_owned);
         let mut reader = TarReader::new();
         for raw in rx {
             reader.feed(&raw, &mut x)?;
+            returned.lock().unwrap_or_else(|p| p.into_inner()).push(raw);
         }
+        x.syncer.finish().map_err(visitor_error)?;
         Ok((x, reader))
     });
 
@@ -126,13 +202,13 @@ async fn extract_archive(
     let mut failure = None;
     for n in 0..keys.len() {
         while next < keys.len() && next < n + ahead {
-            let (r, k, i) = (repo.clone(), keys[next].clone(), id.to_string());
+            let (r, k, i, pool) = (repo.clone(), keys[next].clone(), id.to_string(), pool.clone());
             let expected = format!("{id}/{}/{next:06}", a.name);
             let what = format!("archive {} chunk {next:06}", a.name);
             pending.push_back(tokio::spawn(async move {
                 let obj = catalog::read_backup_object(&r, &k, &i, &what).await?;
                 tokio::task::spawn_blocking(move || {
-                    let mut raw = Vec::with_capacity(obj.len() * 4);
+                    let mut raw = raw_buffer(&pool, &obj);
                     let h = codec::decompress(&obj[..], &mut raw)
                         .map_err(|err| corrupt(&i, format!("{what} ({k}) is damaged: {err}")))?;
                     if h.name != expected {
@@ -193,6 +269,9 @@ struct Extractor {
     root: PathBuf,
     digests: FileDigests,
     file: Option<BufWriter<File>>,
+    /// Bytes written to the current file since it was last queued for syncing.
+    unsynced: u64,
+    syncer: Syncer,
     bytes: u64,
 }
 
@@ -202,7 +281,8 @@ fn visitor_error(msg: String) -> TarError {
 
 impl Extractor {
     fn new(root: PathBuf) -> Extractor {
-        Extractor { root, digests: FileDigests::new(), file: None, bytes: 0 }
+        let syncer = Syncer::new(root.clone());
+        Extractor { root, digests: FileDigests::new(), file: None, unsynced: 0, syncer, bytes: 0 }
     }
 
     /// `root/path`, refusing absolute paths and `..`.
@@ -239,6 +319,7 @@ impl TarVisitor for Extractor {
                     .open(&path)
                     .map_err(|e| io("create", e))?;
                 self.file = Some(BufWriter::with_capacity(WRITE_BUFFER.min(h.size as usize + 1), f));
+                self.unsynced = 0;
             }
             MemberKind::Symlink => {
                 let target = String::from_utf8_lossy(&h.link_name).into_owned();
@@ -257,16 +338,27 @@ impl TarVisitor for Extractor {
 
     fn data(&mut self, data: &[u8]) -> Result<(), TarError> {
         if let Some(f) = &mut self.file {
-            f.write_all(data).map_err(|e| visitor_error(format!("cannot write under {}: {e}", self.root.display())))?;
+            let io = |e: std::io::Error| visitor_error(format!("cannot write under {}: {e}", self.root.display()));
+            f.write_all(data).map_err(io)?;
             self.bytes += data.len() as u64;
+            self.unsynced += data.len() as u64;
+            if self.unsynced >= SYNC_EVERY {
+                f.flush().map_err(io)?;
+                self.syncer.sync(f.get_ref().try_clone().map_err(io)?);
+                self.unsynced = 0;
+            }
         }
         self.digests.data(data)
     }
 
     fn end(&mut self) -> Result<(), TarError> {
         if let Some(f) = self.file.take() {
-            f.into_inner()
+            let f = f
+                .into_inner()
                 .map_err(|e| visitor_error(format!("cannot write under {}: {}", self.root.display(), e.error())))?;
+            if self.unsynced >= SYNC_MIN {
+                self.syncer.sync(f);
+            }
         }
         self.digests.end()
     }
