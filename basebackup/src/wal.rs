@@ -33,6 +33,14 @@ pub async fn first_missing(
     Ok(None)
 }
 
+/// First pause between two checks of [`wait_for`]; it doubles up to [`MAX_PAUSE`]. The last
+/// segment usually arrives a few tens of milliseconds after the backup's end (archive_command
+/// is one process per segment), so a fixed half-second pause would add most of it to every
+/// backup.
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+/// Longest pause between two checks of [`wait_for`].
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
 /// Waits until every segment of `first..=last` is in the repository; `Ok(Some(name))` names
 /// the one still missing when `timeout` ran out. Found segments are not asked for again.
 pub async fn wait_for(
@@ -46,6 +54,7 @@ pub async fn wait_for(
 ) -> Result<Option<WalFileName>, Failure> {
     let deadline = Instant::now() + timeout;
     let mut next = first;
+    let mut pause = FIRST_PAUSE;
     loop {
         match first_missing(repo, timeline, next, last, size).await? {
             None => return Ok(None),
@@ -55,8 +64,8 @@ pub async fn wait_for(
                     return Ok(Some(missing));
                 }
                 on_wait(&missing);
-                tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())))
-                    .await;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+                pause = (pause * 2).min(MAX_PAUSE);
             }
         }
     }
