@@ -37,8 +37,8 @@ pub struct RepoArgs {
     /// zstd compression level, 1-19 [default: 3].
     #[arg(long, env = "PITR_COMPRESS_LEVEL", value_name = "N", global = true)]
     pub compress_level: Option<i32>,
-    /// zstd worker threads per file, 0 = compress on the main thread [default: 2 on
-    /// machines with 2 or more cores].
+    /// zstd worker threads per file, 0 = compress on the main thread [default: 0; workers
+    /// split a file into jobs, which stores WAL 0.2-1.2% larger].
     #[arg(long, env = "PITR_COMPRESS_THREADS", value_name = "N", global = true)]
     pub compress_threads: Option<u32>,
     /// S3 endpoint URL for S3-compatible servers (e.g. http://127.0.0.1:9000).
@@ -242,8 +242,9 @@ impl Config {
                 "invalid compress-level {level}: use 1 to 19 (or -7 to -1 for faster, 20-22 for smaller)"
             )));
         }
-        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        let workers = args.compress_threads.or(file.compress_threads).unwrap_or(if cores >= 2 { 2 } else { 0 });
+        // 0 by default: zstd workers compress a file in independent jobs, which stores WAL
+        // 0.2-1.2% larger (benches/RESULTS.md); push-ahead already keeps the cores busy.
+        let workers = args.compress_threads.or(file.compress_threads).unwrap_or(0);
         if workers > 64 {
             return Err(config_error(format!("invalid compress-threads {workers}: at most 64")));
         }
