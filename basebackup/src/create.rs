@@ -398,7 +398,7 @@ async fn backup(
     tracing::info!(backup = id, start = %start_lsn, timeline = %start_tli, tablespaces = tablespaces.len(), "backup started");
 
     let stats = Arc::new(Stats::default());
-    let chunk_opts = opts.chunks.unwrap_or_else(|| ChunkOptions::new(config.compress));
+    let chunk_opts = opts.chunks.unwrap_or_else(|| ChunkOptions::new(config.backup_compress()));
     let mut pipeline = Pipeline::start(repo.clone(), id, chunk_opts, stats.clone());
     let progress = Progress::start(stats.clone(), estimate, opts.progress);
     let streamed = if server.version >= 150000 {

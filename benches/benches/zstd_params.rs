@@ -32,14 +32,16 @@ fn settings() -> Vec<Setting> {
     use CParameter::{ChainLog, HashLog, OverlapSizeLog, SearchLog, Strategy as Strat, WindowLog};
     let s = |name, level, workers, extra| Setting { name, level, workers, extra };
     // The codec's level 3: zstd's level 3 with these three parameters.
-    let wal3 = || vec![WindowLog(22), HashLog(13), ChainLog(16)];
+    let wal3 = || vec![WindowLog(21), HashLog(13), ChainLog(13)];
     let greedy = || vec![Strat(Strategy::ZSTD_greedy), SearchLog(1), HashLog(15), WindowLog(19)];
     vec![
         s("pitr", 3, 0, vec![]),
         s("zstd_l3", 3, 0, vec![]),
         s("zstd_l3_w2", 3, 2, vec![]),
-        s("l3_wlog22_hlog13_clog16", 3, 0, wal3()),
-        s("l3_wlog22_hlog13_clog16_w2", 3, 2, wal3()),
+        s("l3_wlog21_hlog13_clog13", 3, 0, wal3()),
+        s("l3_wlog21_hlog13_clog13_w2", 3, 2, wal3()),
+        s("l3_wlog22_hlog13_clog16", 3, 0, vec![WindowLog(22), HashLog(13), ChainLog(16)]),
+        s("l3_wlog22_hlog13_clog14", 3, 0, vec![WindowLog(22), HashLog(13), ChainLog(14)]),
         s("l3_wlog22_hlog14_clog16", 3, 0, vec![WindowLog(22), HashLog(14), ChainLog(16)]),
         s("l3_wlog21_hlog15_clog16", 3, 0, vec![WindowLog(21), HashLog(15), ChainLog(16)]),
         s("l3_wlog19_hlog15_clog15", 3, 0, vec![WindowLog(19), HashLog(15), ChainLog(15)]),

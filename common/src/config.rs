@@ -37,8 +37,8 @@ pub struct RepoArgs {
     /// zstd compression level, 1-19 [default: 3].
     #[arg(long, env = "PITR_COMPRESS_LEVEL", value_name = "N", global = true)]
     pub compress_level: Option<i32>,
-    /// zstd worker threads per file, 0 = compress on the main thread [default: 0; workers
-    /// split a file into jobs, which stores WAL 0.2-1.2% larger].
+    /// zstd worker threads per file, 0 = compress on the calling thread [default: 0 for WAL,
+    /// whose segments workers would store 0.2-1.2% larger; one per core for base backups].
     #[arg(long, env = "PITR_COMPRESS_THREADS", value_name = "N", global = true)]
     pub compress_threads: Option<u32>,
     /// S3 endpoint URL for S3-compatible servers (e.g. http://127.0.0.1:9000).
@@ -94,6 +94,8 @@ pub struct FileConfig {
     pub push_ahead: Option<u32>,
     /// Connection string for `receive` and `basebackup` (read by those programs).
     pub dbname: Option<String>,
+    /// Where `receive` serves its metrics and health endpoint (`IP:PORT`).
+    pub metrics_listen: Option<String>,
 }
 
 /// Where the repository is.
@@ -158,8 +160,10 @@ pub struct Config {
     pub repo: RepoLocation,
     /// The cluster's name in the repository.
     pub cluster: String,
-    /// Compression.
+    /// Compression (of WAL files: `workers` is 0 unless configured).
     pub compress: CompressOptions,
+    /// `compress-threads` when configured (flag, environment or file).
+    pub compress_threads: Option<u32>,
     /// S3 settings.
     pub s3: S3Settings,
     /// The data directory, when given.
@@ -172,6 +176,8 @@ pub struct Config {
     pub push_ahead: u32,
     /// The connection string from the file, if any.
     pub dbname: Option<String>,
+    /// `receive`'s metrics address from the file, if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn config_error(msg: impl std::fmt::Display) -> Failure {
@@ -244,7 +250,8 @@ impl Config {
         }
         // 0 by default: zstd workers compress a file in independent jobs, which stores WAL
         // 0.2-1.2% larger (benches/RESULTS.md); push-ahead already keeps the cores busy.
-        let workers = args.compress_threads.or(file.compress_threads).unwrap_or(0);
+        let compress_threads = args.compress_threads.or(file.compress_threads);
+        let workers = compress_threads.unwrap_or(0);
         if workers > 64 {
             return Err(config_error(format!("invalid compress-threads {workers}: at most 64")));
         }
@@ -252,17 +259,34 @@ impl Config {
         let path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some());
         let s3 = S3Settings { endpoint, region: args.s3_region.clone().or(file.s3_region), path_style };
         let retries = args.retries.or(file.retries).unwrap_or(RetryPolicy::default().retries);
+        let metrics_listen = match &file.metrics_listen {
+            Some(a) => Some(a.parse().map_err(|_| {
+                config_error(format!("invalid metrics-listen {a:?} in the configuration file: use IP:PORT, e.g. 127.0.0.1:9857"))
+            })?),
+            None => None,
+        };
         Ok(Config {
             repo,
             cluster,
             compress: CompressOptions { level, workers },
+            compress_threads,
             s3,
             pgdata: args.pgdata.clone().or(file.pgdata),
             retry: RetryPolicy::with_retries(retries),
             prefetch: args.prefetch.or(file.prefetch).unwrap_or(8).min(256),
             push_ahead: args.push_ahead.or(file.push_ahead).unwrap_or(2).min(32),
             dbname: file.dbname,
+            metrics_listen,
         })
+    }
+
+    /// Compression of base-backup chunks: the configured threads, else one zstd worker per
+    /// core (a backup's chunks are compressed one after another, so workers are its only
+    /// parallelism; the size cost is small next to a data file's).
+    pub fn backup_compress(&self) -> CompressOptions {
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let workers = self.compress_threads.unwrap_or(if cores >= 2 { cores.min(8) } else { 0 });
+        CompressOptions { level: self.compress.level, workers }
     }
 
     /// Opens the configured backend; `create` makes a missing local repository directory
@@ -340,6 +364,18 @@ mod tests {
         assert_eq!(c.compress.level, 9);
     }
 
+
+    #[test]
+    fn wal_compresses_on_one_thread_backups_on_every_core_unless_configured() {
+        let args = RepoArgs { repo: Some("/r".into()), ..Default::default() };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.compress.workers, 0);
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        assert_eq!(c.backup_compress().workers, if cores >= 2 { cores.min(8) } else { 0 });
+        let args = RepoArgs { repo: Some("/r".into()), compress_threads: Some(1), ..Default::default() };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!((c.compress.workers, c.backup_compress().workers), (1, 1));
+    }
     #[test]
     fn bad_configuration_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
@@ -354,5 +390,18 @@ mod tests {
         let e = Config::resolve(&RepoArgs { repo: Some("/x".into()), compress_level: Some(0), ..Default::default() })
             .unwrap_err();
         assert!(e.to_string().contains("compress-level"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"/x\"\nmetrics-listen = \"127.0.0.1:9857\"\n").unwrap();
+        let c = Config::resolve(&RepoArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9857".parse().unwrap()));
+        std::fs::write(&f, "repo = \"/x\"\nmetrics-listen = \"localhost\"\n").unwrap();
+        let e = Config::resolve(&RepoArgs { config: Some(f), ..Default::default() }).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        assert!(e.to_string().contains("metrics-listen"), "{e}");
     }
 }
