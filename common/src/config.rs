@@ -261,7 +261,9 @@ impl Config {
         let retries = args.retries.or(file.retries).unwrap_or(RetryPolicy::default().retries);
         let metrics_listen = match &file.metrics_listen {
             Some(a) => Some(a.parse().map_err(|_| {
-                config_error(format!("invalid metrics-listen {a:?} in the configuration file: use IP:PORT, e.g. 127.0.0.1:9857"))
+                config_error(format!(
+                    "invalid metrics-listen {a:?} in the configuration file: use IP:PORT, e.g. 127.0.0.1:9857"
+                ))
             })?),
             None => None,
         };

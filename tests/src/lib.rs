@@ -4,6 +4,7 @@
 pub mod bins;
 pub mod fake_s3;
 pub mod pg;
+pub mod receiver;
 pub mod repo;
 pub mod s3;
 pub mod wal;

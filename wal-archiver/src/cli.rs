@@ -113,6 +113,11 @@ pub enum Command {
         /// Longest time in seconds between two status updates to the server.
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         status_interval: f64,
+        /// Serve GET /metrics (Prometheus text format) and GET /health (200 while streaming,
+        /// else 503 and the reason) on this address, e.g. 127.0.0.1:9857 (port 0: any free
+        /// port, logged) [default: off; file key `metrics-listen`].
+        #[arg(long, env = "PITR_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// List the archived WAL files of the cluster.
     List {
@@ -133,5 +138,52 @@ impl Command {
             Command::PrefetchWorker { .. } => "prefetch-worker",
             Command::PushAheadWorker { .. } => "push-ahead-worker",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    const UNIT: &str = include_str!("../../docs/systemd/pitr-receive.service");
+    const ENV_FILE: &str = include_str!("../../docs/systemd/pitr-receive.env");
+
+    /// The systemd unit's ExecStart is a valid `receive` command line (the unit uses no
+    /// quoting or variables, so splitting on whitespace is what systemd does too).
+    #[test]
+    fn systemd_unit_command_line_parses() {
+        let exec: Vec<&str> = UNIT
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart in the unit")
+            .split_whitespace()
+            .collect();
+        assert!(exec[0].ends_with("/wal-archiver"), "{exec:?}");
+        assert!(!exec.iter().any(|a| a.contains(['$', '"', '\''])), "no quoting or variables: {exec:?}");
+        let cli = Cli::try_parse_from(exec.iter().copied()).unwrap_or_else(|e| panic!("{exec:?}: {e}"));
+        assert!(matches!(cli.command, Command::Receive { create_slot: true, .. }), "{cli:?}");
+    }
+
+    /// Every `PITR_*` variable in the example environment file (also commented-out ones) is
+    /// one the program reads.
+    #[test]
+    fn systemd_environment_file_names_real_variables() {
+        let cmd = Cli::command();
+        let mut known: Vec<String> =
+            cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into()).collect();
+        let receive = cmd.find_subcommand("receive").expect("receive subcommand");
+        known.extend(receive.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()));
+        known.extend(["PITR_LOG".to_string(), "PITR_LOG_FORMAT".to_string()]);
+        let mut seen = 0;
+        for line in ENV_FILE.lines().map(|l| l.trim_start_matches('#')) {
+            let Some((key, _)) = line.split_once('=') else { continue };
+            if key.starts_with("PITR_") {
+                assert!(known.iter().any(|k| k == key), "{key} in pitr-receive.env is not a setting of wal-archiver");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "the example sets the repository, server, spool, metrics and logs");
     }
 }

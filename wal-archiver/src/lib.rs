@@ -8,6 +8,8 @@ pub mod prefetch;
 pub mod push;
 pub mod push_ahead;
 pub mod receive;
+pub mod receive_http;
+pub mod receive_metrics;
 pub mod receive_spool;
 pub mod receive_upload;
 pub mod worker;
@@ -53,6 +55,7 @@ fn run_receive(config: &Config, command: Command) -> Result<(), Failure> {
         partial_interval,
         synchronous_durability,
         status_interval,
+        metrics_listen,
     } = command
     else {
         unreachable!("called for receive only")
@@ -72,6 +75,7 @@ fn run_receive(config: &Config, command: Command) -> Result<(), Failure> {
         partial_interval: secs("partial-interval", partial_interval)?,
         durability: synchronous_durability,
         status_interval: secs("status-interval", status_interval)?,
+        metrics_listen: metrics_listen.or(config.metrics_listen),
     };
     let rt = common::cmdline::runtime(3)?;
     rt.block_on(receive::receive(config, opts))

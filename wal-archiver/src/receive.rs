@@ -18,7 +18,11 @@
 //! `apply` = 0. Streaming always (re)starts at a segment start. At the end of a timeline the
 //! old timeline's last segment is stored as `.partial`, the next timeline's history file is
 //! fetched and stored, and the next timeline is streamed.
+//!
+//! With `--metrics-listen`, [`receive_http`](crate::receive_http) serves the positions and
+//! the counters of [`receive_metrics`](crate::receive_metrics) that these tasks update.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +39,7 @@ use common::retry::retry;
 use common::wal::{PgMajor, SystemId, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use tokio::sync::{mpsc, watch};
 
+use crate::receive_metrics::{ErrorKind, ReceiveMetrics};
 use crate::receive_spool::{self, Spool};
 use crate::receive_upload::{self, Job, Uploader};
 
@@ -64,6 +69,8 @@ pub struct ReceiveOptions {
     pub durability: Durability,
     /// Longest time between two status updates.
     pub status_interval: Duration,
+    /// Where to serve `/metrics` and `/health`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The default spool directory for a cluster name.
@@ -113,6 +120,7 @@ struct Receiver {
     positions: Arc<watch::Sender<Positions>>,
     stop: Arc<watch::Sender<StopReason>>,
     fatal: Arc<Mutex<Option<Failure>>>,
+    metrics: Arc<ReceiveMetrics>,
     spool: Option<Spool>,
     uploader: Option<Uploader>,
     slot_checked: bool,
@@ -182,19 +190,27 @@ pub async fn receive(config: &Config, opts: ReceiveOptions) -> Result<(), Failur
             format!("another wal-archiver receive uses spool directory {}", opts.spool.display()),
         ));
     };
+    let listener = match opts.metrics_listen {
+        Some(addr) => Some(crate::receive_http::bind(addr).await?),
+        None => None,
+    };
     let repo = config.open_repository(true).await?;
     let (stop_tx, _) = watch::channel(StopReason::Running);
     let stop = Arc::new(stop_tx);
     spawn_signal_handler(stop.clone())?;
-    let (positions, _) = watch::channel(Positions::default());
+    let positions = Arc::new(watch::channel(Positions::default()).0);
+    let metrics = Arc::new(ReceiveMetrics::default());
+    let _server =
+        listener.map(|l| crate::receive_http::serve(l, metrics.clone(), positions.subscribe(), stop.subscribe()));
     let mut r = Receiver {
         config: config.clone(),
         opts,
         params,
         repo,
-        positions: Arc::new(positions),
+        positions,
         stop,
         fatal: Arc::new(Mutex::new(None)),
+        metrics,
         spool: None,
         uploader: None,
         slot_checked: false,
@@ -245,14 +261,20 @@ impl Receiver {
                 return Ok(());
             }
             let before = self.positions.borrow().written;
-            match self.session().await {
+            let session = self.session().await;
+            self.metrics.disconnected();
+            match session {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::TimelineSwitched) => backoff = Duration::from_secs(1),
-                Err(SessionError::Fatal(f)) => return Err(f),
+                Err(SessionError::Fatal(f)) => {
+                    self.metrics.error(ErrorKind::Fatal, &f.to_string());
+                    return Err(f);
+                }
                 Err(SessionError::Retry(f)) => {
                     if self.stopping() {
                         return Ok(());
                     }
+                    self.metrics.error(ErrorKind::Connection, &f.to_string());
                     if self.positions.borrow().written > before {
                         backoff = Duration::from_secs(1);
                     }
@@ -342,6 +364,7 @@ impl Receiver {
             Err(e) => return Err(pg_error(&format!("START_REPLICATION {start} on timeline {}", tli.0), e)),
         }
         tracing::info!(%start, timeline = tli.0, "streaming");
+        self.metrics.streaming(tli.0);
         self.stream(conn, start).await
     }
 
@@ -370,6 +393,7 @@ impl Receiver {
             positions: self.positions.clone(),
             stop: self.stop.clone(),
             fatal: self.fatal.clone(),
+            metrics: self.metrics.clone(),
         });
         // Complete segments of earlier runs that never reached the repository.
         for (name, path) in content.complete {
@@ -571,6 +595,7 @@ impl Receiver {
         let mut flow = Flow::Continue;
         let mut failure = None;
         let mut wrote = false;
+        let mut server_end = None;
         for m in batch {
             match m {
                 Ok(BackendMessage::CopyData(payload)) => match ReplicationMessage::parse(payload) {
@@ -583,6 +608,7 @@ impl Receiver {
                             break;
                         }
                         *expected = x.end();
+                        server_end = Some(x.wal_end);
                         let r = tokio::task::block_in_place(|| spool.write(x.wal_start, &x.data));
                         match r {
                             Ok(done) => completed.extend(done),
@@ -594,6 +620,7 @@ impl Receiver {
                         wrote = true;
                     }
                     Ok(ReplicationMessage::Keepalive(k)) => {
+                        server_end = Some(k.wal_end);
                         if k.reply_requested {
                             reply = true;
                         }
@@ -628,6 +655,9 @@ impl Receiver {
                     break;
                 }
             }
+        }
+        if let Some(end) = server_end {
+            self.metrics.server_message(end);
         }
         // Whatever was written is made durable before anything is reported, also when the
         // connection just failed.

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::push;
 use crate::receive::{Durability, Positions, StopReason};
+use crate::receive_metrics::{ErrorKind, ReceiveMetrics};
 
 /// The key of the receiver's partial object for `name` (a `.partial` name):
 /// `<cluster>/receiver/<segment>.partial.zst`. Replaced as the segment grows, removed once
@@ -72,6 +73,8 @@ pub struct UploaderSetup {
     pub stop: Arc<watch::Sender<StopReason>>,
     /// Where a fatal error goes.
     pub fatal: Arc<Mutex<Option<Failure>>>,
+    /// Upload times and error counts.
+    pub metrics: Arc<ReceiveMetrics>,
 }
 
 /// A running uploader.
@@ -194,6 +197,7 @@ impl Drop for TempFile {
 impl State {
     fn fail(&self, f: Failure) {
         tracing::error!("{f}");
+        self.setup.metrics.error(ErrorKind::Fatal, &f.to_string());
         *self.setup.fatal.lock().unwrap() = Some(f);
         self.setup.stop.send_if_modified(|s| {
             let was = *s;
@@ -204,6 +208,7 @@ impl State {
 
     async fn partial_or_log(&mut self) {
         if let Err(f) = self.upload_partial().await {
+            self.setup.metrics.error(ErrorKind::PartialUpload, &f.to_string());
             tracing::warn!("partial upload failed (retried at the next interval): {f}");
         }
     }
@@ -223,6 +228,7 @@ impl State {
                     tracing::warn!(file = %path.display(), "cannot remove from the spool: {e}");
                 }
                 if let Some(name) = name.filter(|n| matches!(n.kind, WalFileKind::Segment | WalFileKind::Partial)) {
+                    s.metrics.segment_stored();
                     let key = partial_key(&s.repo, &name);
                     match retry(s.repo.retry_policy(), "remove partial object", || s.repo.storage().delete(&key)).await
                     {
@@ -247,6 +253,7 @@ impl State {
             }
             Err(f) => match f.kind {
                 FailureKind::Storage | FailureKind::LocalIo => {
+                    s.metrics.error(ErrorKind::SegmentStore, &f.to_string());
                     tracing::warn!(file = %path.display(), "storing failed, will retry: {f}");
                     Err(None)
                 }
@@ -297,6 +304,7 @@ impl State {
         .await?;
         tracing::debug!(%key, %synced, "partial segment uploaded");
         self.last_partial = synced;
+        s.metrics.partial_uploaded();
         s.positions.send_if_modified(|p| {
             let advance = synced > p.uploaded;
             if advance {
