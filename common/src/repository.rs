@@ -4,6 +4,7 @@
 //! <cluster>/cluster.json                                  system id, major version, sizes
 //! <cluster>/wal/<TTTTTTTTXXXXXXXX>/<segment>.zst           segments, .partial and .backup files
 //! <cluster>/wal/<TTTTTTTT>.history.zst                    timeline history files
+//! <cluster>/receiver/<segment>.partial.zst                 the receiver's growing segment (replaced)
 //! ```
 //! (`<prefix>/` of an `s3://bucket/prefix` URL comes before all of it.) Every WAL object is
 //! in the [`codec`](crate::codec) format, so its raw size, digest and (for segments) WAL
@@ -15,10 +16,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{header_len, ObjectHeader, HEADER_LEN};
+use crate::lsn::Lsn;
 use crate::retry::{retry, RetryPolicy};
 use crate::storage::{read_all, Body, ObjectKey, PutMode, Storage, StorageError};
+use crate::wal::history;
 use crate::wal::record::SegmentSummary;
-use crate::wal::{PgMajor, SystemId, WalFileKind, WalFileName, WalSegmentSize};
+use crate::wal::{PgMajor, SystemId, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 
 /// What the repository knows about the cluster whose WAL it holds; written once, by the
 /// first push, and checked by every later one.
@@ -98,6 +101,39 @@ impl Repository {
             WalFileKind::History => self.key(&format!("wal/{name}.zst")),
             _ => self.key(&format!("wal/{}/{name}.zst", name.timeline_log_prefix())),
         }
+    }
+
+    /// Key of the streaming receiver's growing segment `name` (a segment or `.partial`
+    /// name): `<cluster>/receiver/<segment>.partial.zst`. Outside `wal/`: the receiver
+    /// replaces it as the segment grows and removes it once the complete segment is stored.
+    pub fn receiver_partial_key(&self, name: &WalFileName) -> ObjectKey {
+        self.key(&format!("receiver/{}.zst", name.with_kind(WalFileKind::Partial)))
+    }
+
+    /// Where timeline `tli` ended according to the repository's history files: the history
+    /// files of `tli + 1`, `tli + 2`, ... are read by exact key until one is missing (as
+    /// PostgreSQL looks for the newest timeline), and the earliest switch point out of `tli`
+    /// they record is returned; `None` when none records one.
+    pub async fn timeline_end(&self, tli: TimelineId) -> Result<Option<Lsn>, RepositoryError> {
+        let mut later = Vec::new();
+        let mut next = tli.0;
+        while let Some(n) = next.checked_add(1) {
+            next = n;
+            let name = WalFileName::history(TimelineId(n));
+            let key = self.wal_key(&name);
+            let obj = match retry(self.retry, "read history file", || read_all(self.storage.as_ref(), &key)).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => break,
+                Err(e) => return Err(e.into()),
+            };
+            let mut raw = Vec::new();
+            crate::codec::decompress(&obj[..], &mut raw)
+                .map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}")))?;
+            later.push(
+                history::parse(TimelineId(n), &raw).map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}")))?,
+            );
+        }
+        Ok(history::ended_at(tli, later.iter().map(Vec::as_slice)))
     }
 
     /// Prefix under which all WAL objects live.

@@ -13,6 +13,11 @@
 //!   the first such record; without one, recovery would run to the end of the WAL and stop
 //!   short of the target); an LSN needs archived WAL past it; an xid, a commit or abort record
 //!   of that transaction; a name, its restore point.
+//! - The streaming receiver's growing segment: where the archive ends, the receiver's partial
+//!   object for exactly the next segment (on the target timeline, which no history file says
+//!   ended before that segment's end) is the archive's last segment, as `wal-archiver get`
+//!   serves it. Its summary is computed from its records (it is stored without one), so
+//!   targets inside its valid WAL are accepted and targets past it refused like any other.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use common::catalog::BackupEntry;
 use common::exit::{Failure, FailureKind};
 use common::lsn::Lsn;
+use common::wal::history;
 use common::wal::record::{PgTimestamp, SegmentSummary};
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
 use serde::Serialize;
@@ -52,6 +58,11 @@ pub struct Plan {
     pub last_segment: String,
     /// Number of segments from first to last.
     pub segments: u64,
+    /// The last segment is the streaming receiver's partial object (its growing segment, not
+    /// yet archived complete).
+    pub last_segment_from_receiver: bool,
+    /// Where the valid WAL in the receiver's partial segment ends, when it is used.
+    pub receiver_wal_end: Option<String>,
     /// Where recovery is expected to stop, in words.
     pub stop: String,
     /// The newest commit/abort time in the WAL that recovery will replay, if any.
@@ -113,6 +124,8 @@ struct Scan {
     last: u64,
     /// The newest commit/abort time seen.
     last_xact: Option<PgTimestamp>,
+    /// When the last segment is the receiver's partial object: the end of its valid WAL.
+    partial: Option<Option<Lsn>>,
 }
 
 /// Where a scan stops: `Some(segment)` when the target lies in it.
@@ -172,6 +185,28 @@ async fn scan(
                     "WAL segment {name}, needed to make the backup consistent, is missing from the repository"
                 )));
             }
+            // The end of the archive: the receiver's growing segment continues it.
+            if later.is_none() && name.timeline == path.target() {
+                if let Some(p) = usable_partial(src.as_ref(), &name, segno, size).await? {
+                    if let Some(t) = p.last_xact_time.max(p.first_xact_time) {
+                        last_xact = Some(last_xact.map_or(t, |l| l.max(t)));
+                    }
+                    let hit = match judge.as_mut() {
+                        None => true,
+                        Some(j) => j(segno, &p).is_some(),
+                    };
+                    if hit {
+                        return Ok(Scan { last: segno, last_xact, partial: Some(p.valid_end) });
+                    }
+                    let last_time = last_xact.map(|t| format!("; newest transaction end: {}", pg_time_text(t)));
+                    return Err(refuse(format!(
+                        "{what} is beyond the archived WAL: the archive ends in the receiver's partial segment {name} \
+                         (valid WAL up to {}{}); restore to a target before it, or to --target latest",
+                        p.valid_end.map_or_else(|| "its start".to_string(), |e| e.to_string()),
+                        last_time.unwrap_or_default()
+                    )));
+                }
+            }
             if judge.is_none() {
                 if let Some(l) = later {
                     return Err(refuse(format!(
@@ -180,7 +215,7 @@ async fn scan(
                          (--target-time/--target-lsn) or find the missing segment"
                     )));
                 }
-                return Ok(Scan { last: segno - 1, last_xact });
+                return Ok(Scan { last: segno - 1, last_xact, partial: None });
             }
             if let Some(l) = later {
                 return Err(refuse(format!(
@@ -209,10 +244,39 @@ async fn scan(
                 for (_, _, t) in pending {
                     t.abort();
                 }
-                return Ok(Scan { last: segno, last_xact });
+                return Ok(Scan { last: segno, last_xact, partial: None });
             }
         }
     }
+}
+
+/// The receiver's partial object for segment `segno` (`name`, on the path's target timeline),
+/// when there is one and no history file says its timeline ended before the segment's end
+/// (the history files of later timelines are read by exact key until one is missing).
+async fn usable_partial(
+    src: &dyn WalSource,
+    name: &WalFileName,
+    segno: u64,
+    size: WalSegmentSize,
+) -> Result<Option<SegmentSummary>, Failure> {
+    let Some(partial) = src.receiver_partial(name).await? else {
+        return Ok(None);
+    };
+    let mut later = Vec::new();
+    let mut t = name.timeline.0;
+    while let Some(n) = t.checked_add(1) {
+        t = n;
+        match src.history(TimelineId(n)).await? {
+            Some(h) => later.push(h),
+            None => break,
+        }
+    }
+    let ended = history::ended_at(name.timeline, later.iter().map(Vec::as_slice));
+    if ended.is_some_and(|end| end < Lsn((segno + 1) * size.bytes())) {
+        tracing::info!(segment = %name, "the receiver's partial segment is of a timeline that ended: not used");
+        return Ok(None);
+    }
+    Ok(Some(partial))
 }
 
 /// Makes the plan for restoring to `target`, from `backup_id` or the best backup.
@@ -311,7 +375,13 @@ pub async fn make_plan(
     let scanned = match &target.kind {
         TargetKind::Latest => {
             let s = scan(&archive, from, min_end, None, &what).await?;
-            stop = "at the end of the archived WAL".into();
+            stop = match s.partial {
+                Some(end) => format!(
+                    "at the end of the valid WAL in the receiver's partial segment ({}): the last durable commit",
+                    end.map_or_else(|| "its start".to_string(), |e| e.to_string())
+                ),
+                None => "at the end of the archived WAL".into(),
+            };
             s
         }
         kind => {
@@ -365,6 +435,8 @@ pub async fn make_plan(
         first_segment: first.to_string(),
         last_segment: last.to_string(),
         segments: scanned.last - from + 1,
+        last_segment_from_receiver: scanned.partial.is_some(),
+        receiver_wal_end: scanned.partial.flatten().map(|l| l.to_string()),
         stop,
         last_transaction: scanned.last_xact.map(pg_time_text),
     })
@@ -381,10 +453,21 @@ impl Plan {
             b.id, b.start_lsn, b.stop_lsn, b.stop_timeline, b.stop_time
         ));
         out.push_str(&format!("timelines:     {}\n", self.timeline_path));
-        out.push_str(&format!(
-            "WAL:           {} .. {} ({} segments, all archived)\n",
-            self.first_segment, self.last_segment, self.segments
-        ));
+        if self.last_segment_from_receiver {
+            out.push_str(&format!(
+                "WAL:           {} .. {} ({} segments; the last one is the receiver's partial segment, not yet \
+                 archived complete, valid WAL up to {})\n",
+                self.first_segment,
+                self.last_segment,
+                self.segments,
+                self.receiver_wal_end.as_deref().unwrap_or("its start")
+            ));
+        } else {
+            out.push_str(&format!(
+                "WAL:           {} .. {} ({} segments, all archived)\n",
+                self.first_segment, self.last_segment, self.segments
+            ));
+        }
         out.push_str(&format!("recovery stops {}\n", self.stop));
         if let Some(t) = &self.last_transaction {
             out.push_str(&format!("newest transaction end in that WAL: {t}\n"));
@@ -414,12 +497,17 @@ mod tests {
     struct Fake {
         segments: BTreeMap<WalFileName, SegmentSummary>,
         histories: BTreeMap<TimelineId, Vec<HistoryEntry>>,
+        /// The receiver's partial objects, by segment name.
+        partials: BTreeMap<WalFileName, SegmentSummary>,
     }
 
     #[async_trait]
     impl WalSource for Fake {
         async fn segment(&self, name: &WalFileName) -> Result<Option<SegmentSummary>, Failure> {
             Ok(self.segments.get(name).cloned())
+        }
+        async fn receiver_partial(&self, name: &WalFileName) -> Result<Option<SegmentSummary>, Failure> {
+            Ok(self.partials.get(name).cloned())
         }
         async fn history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, Failure> {
             Ok(self.histories.get(&tli).cloned())
@@ -613,5 +701,76 @@ mod tests {
         t.timeline = TimelineChoice::Id(TimelineId(3));
         let e = plan(f, b, t).await.unwrap_err();
         assert!(e.to_string().contains("no history file"), "{e}");
+    }
+
+    /// [`archive`] plus the receiver's partial object for segment 11 (the next one): two
+    /// transactions (t=2600, 2650, xids 2000-2001), valid WAL up to 11*SEG+5000.
+    fn archive_with_partial() -> (Fake, Vec<BackupEntry>) {
+        let (mut f, b) = archive();
+        let name = WalFileName::segment(TimelineId(1), 11, SIZE);
+        f.seg(1, 11, &[2600, 2650], 2000).valid_end = Some(Lsn(11 * SEG + 5000));
+        let p = f.segments.remove(&name).unwrap();
+        f.partials.insert(name, p);
+        (f, b)
+    }
+
+    #[tokio::test]
+    async fn the_receivers_partial_segment_ends_the_archive() {
+        let (f, b) = archive_with_partial();
+        let p = plan(f, b.clone(), target(TargetKind::Latest)).await.unwrap();
+        assert_eq!((p.last_segment.as_str(), p.segments), ("00000001000000000000000B", 6));
+        assert!(p.last_segment_from_receiver);
+        assert_eq!(p.receiver_wal_end.as_deref(), Some("0/B001388"));
+        assert!(p.stop.contains("receiver's partial segment"), "{}", p.stop);
+        assert!(p.render().contains("the last one is the receiver's partial segment"), "{}", p.render());
+        assert_eq!(p.last_transaction.as_deref(), Some(pg_time_text(ts(2650)).as_str()));
+
+        // Targets inside its valid WAL are accepted.
+        let (f, _) = archive_with_partial();
+        let p = plan(f, b.clone(), target(TargetKind::Time(ts(2620)))).await.unwrap();
+        assert_eq!((p.backup_id.as_str(), p.last_segment.as_str()), ("B2", "00000001000000000000000B"));
+        assert!(p.last_segment_from_receiver);
+        let (f, _) = archive_with_partial();
+        let p = plan(f, b.clone(), target(TargetKind::Lsn(Lsn(11 * SEG + 4000)))).await.unwrap();
+        assert_eq!(p.last_segment, "00000001000000000000000B");
+        let (f, _) = archive_with_partial();
+        let p = plan(f, b.clone(), target(TargetKind::Xid(2001))).await.unwrap();
+        assert_eq!(p.last_segment, "00000001000000000000000B");
+
+        // Past its valid end: refused, naming it.
+        for t in [TargetKind::Time(ts(2650)), TargetKind::Lsn(Lsn(11 * SEG + 5000)), TargetKind::Xid(2002)] {
+            let (f, _) = archive_with_partial();
+            let e = plan(f, b.clone(), target(t.clone())).await.unwrap_err();
+            assert_eq!(e.kind, FailureKind::Refused);
+            assert!(e.to_string().contains("beyond the archived WAL"), "{e}");
+            assert!(e.to_string().contains("receiver's partial segment 00000001000000000000000B"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_segment_that_does_not_continue_the_archive_is_not_used() {
+        // Not the next segment: ignored.
+        let (mut f, b) = archive_with_partial();
+        let p = f.partials.pop_first().unwrap().1;
+        f.partials.insert(WalFileName::segment(TimelineId(1), 12, SIZE), p);
+        let r = plan(f, b.clone(), target(TargetKind::Latest)).await.unwrap();
+        assert_eq!((r.last_segment.as_str(), r.last_segment_from_receiver), ("00000001000000000000000A", false));
+
+        // A segment is missing before it: the gap is refused as before.
+        let (mut f, _) = archive_with_partial();
+        f.segments.remove(&WalFileName::segment(TimelineId(1), 10, SIZE));
+        let e = plan(f, b.clone(), target(TargetKind::Time(ts(2620)))).await.unwrap_err();
+        assert!(e.to_string().contains("beyond the archived WAL: the archive ends before segment"), "{e}");
+
+        // Timeline 1 ended (timeline 2 forked in segment 5): its partial is stale.
+        let (mut f, b) = archive_with_partial();
+        f.histories.insert(
+            TimelineId(2),
+            vec![HistoryEntry { parent: TimelineId(1), switch_point: Lsn(5 * SEG + 4096), reason: String::new() }],
+        );
+        let mut t = target(TargetKind::Latest);
+        t.timeline = TimelineChoice::Id(TimelineId(1));
+        let r = plan(f, b, t).await.unwrap();
+        assert_eq!((r.last_segment.as_str(), r.last_segment_from_receiver), ("00000001000000000000000A", false));
     }
 }

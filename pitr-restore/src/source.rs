@@ -21,6 +21,10 @@ use common::wal::{TimelineId, WalFileKind, WalFileName};
 pub trait WalSource: Send + Sync {
     /// The summary of a segment, or `None` when that exact segment is not archived.
     async fn segment(&self, name: &WalFileName) -> Result<Option<SegmentSummary>, Failure>;
+    /// The summary of the streaming receiver's partial object for segment `name` (its
+    /// growing segment, `<cluster>/receiver/<segment>.partial.zst`), or `None` when there is
+    /// none for exactly that segment.
+    async fn receiver_partial(&self, name: &WalFileName) -> Result<Option<SegmentSummary>, Failure>;
     /// The parsed history file of `tli`, or `None` when it is not archived.
     async fn history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, Failure>;
     /// WAL files a listing shows (hints only).
@@ -81,6 +85,36 @@ impl WalSource for RepoSource {
         record::summarize(&bytes)
             .map(Some)
             .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("archived segment {name}: {e}")))
+    }
+
+    async fn receiver_partial(&self, name: &WalFileName) -> Result<Option<SegmentSummary>, Failure> {
+        // The receiver uploads it without a summary (a record walk per upload would add to
+        // every upload, and in repository durability to every commit): it is read whole here,
+        // once, at the end of the plan; compressed it is small (valid WAL, then zeros).
+        let key = self.repo.receiver_partial_key(name);
+        let storage = self.repo.storage().clone();
+        let obj = match retry(self.repo.retry_policy(), "read the receiver's partial segment", || {
+            read_all(storage.as_ref(), &key)
+        })
+        .await
+        {
+            Ok(obj) => obj,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut raw = Vec::new();
+        let header = codec::decompress(&obj[..], &mut raw)
+            .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("{key} is damaged: {e}")))?;
+        let expected = name.with_kind(WalFileKind::Partial).to_string();
+        if header.name != expected {
+            return Err(Failure::msg(FailureKind::Corrupt, format!("{key} holds {:?}, not {expected:?}", header.name)));
+        }
+        if let Some(s) = header.wal {
+            return Ok(Some(s));
+        }
+        record::summarize(&raw)
+            .map(Some)
+            .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("the receiver's partial segment {key}: {e}")))
     }
 
     async fn history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, Failure> {

@@ -8,10 +8,16 @@
 //!   whose commit returned (RPO = 0);
 //! - SIGTERM stops the receiver cleanly (exit 0) after uploading the growing segment, whose
 //!   object then holds everything the server had flushed.
+//! - restores from the repository alone use the receiver's partial object: asynchronous with
+//!   `--partial-interval 1`, a restore after kill -9 of the primary and of the receiver has
+//!   every row committed more than 1.5 s before; a point-in-time restore follows timeline 2;
+//! - with a slot, the primary keeps only the WAL the receiver has not made durable.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
@@ -290,7 +296,8 @@ fn synchronous_rpo_zero(durability: &str) {
 
     // Restore: the base backup, restore_command from the repository, and the spool's
     // segments (the growing one under its segment name) in pg_wal.
-    // In repository durability the spool is lost: the receiver's partial object stands in.
+    // In repository durability the spool is lost: restore_command serves the receiver's
+    // partial object for the segment that is not archived complete.
     let restored_wal = backup.join("pg_wal");
     let mut copied = Vec::new();
     if durability == "spool" {
@@ -304,16 +311,8 @@ fn synchronous_rpo_zero(durability: &str) {
         }
     } else {
         fs::remove_dir_all(&spool).unwrap();
-        let dir = repo.dir.as_ref().unwrap().join("main/receiver");
-        for e in fs::read_dir(&dir).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let seg = name.strip_suffix(".partial.zst").expect("only partial objects under receiver/");
-            let mut out = fs::File::create(restored_wal.join(seg)).unwrap();
-            common::codec::decompress(fs::File::open(e.path()).unwrap(), &mut out).unwrap();
-            copied.push(name);
-        }
     }
-    assert!(!copied.is_empty(), "the growing segment is there");
+    assert!(durability != "spool" || !copied.is_empty(), "the growing segment is there");
     TestCluster::append_conf(
         &backup,
         &[
@@ -329,13 +328,22 @@ fn synchronous_rpo_zero(durability: &str) {
     for (k, v) in &repo.env {
         restored.env(k, v);
     }
+    restored.env("PITR_LOG", "info");
     restored.start();
     restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
     assert_eq!(
         restored.sql("SELECT count(*), min(i), max(i) FROM rpo"),
         "300|1|300",
-        "every row whose commit returned is recovered (spool files used: {copied:?})"
+        "every row whose commit returned is recovered (spool files used: {copied:?})\n{}",
+        restored.log()
     );
+    if durability == "repository" {
+        assert!(
+            restored.log().contains("restored from the receiver's partial segment"),
+            "restore_command served the receiver's partial object:\n{}",
+            restored.log()
+        );
+    }
 }
 
 #[test]
@@ -428,6 +436,9 @@ fn follows_a_promotion() {
     let spool = work.path().join("spool");
     let mut rx = ReceiverProc::start(&repo, &standby, &spool, &[]);
     wait_streaming(&standby, &rx, false);
+    // A base backup of the primary on timeline 1; its WAL reaches the repository through the
+    // standby and the receiver.
+    basebackup_create(&repo, &primary);
     primary.sql("CREATE TABLE tl AS SELECT g AS i FROM generate_series(1, 1000) g");
     let lsn = primary.sql("SELECT pg_current_wal_lsn()");
     wait_flushed(&standby, &rx, &lsn);
@@ -464,6 +475,16 @@ fn follows_a_promotion() {
     let upto = switch.segment_offset(seg_size) as usize;
     assert!(partial[..upto] == new_copy[..upto], "the old timeline's partial and timeline 2 agree up to the switch");
     assert!(rx.log().contains("following timeline 2"), "{}", rx.log());
+
+    // A point-in-time restore to a time on timeline 2 from what the receiver stored: the
+    // backup of timeline 1, timeline 1's WAL to the switch, the history file, timeline 2's WAL.
+    let t = standby.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'");
+    standby.sql("INSERT INTO tl SELECT g FROM generate_series(2001, 3000) g");
+    let seg3 = standby.switch_wal();
+    wait_stored(&repo, &seg3, work.path(), &rx);
+    let (restored, _restored_dir, out) = restore_and_start(&repo, "recv-tl-pitr", &["--target-time", &t]);
+    assert!(out.contains("1 → 2"), "the plan follows timeline 2:\n{out}");
+    assert_eq!(restored.sql("SELECT count(*), max(i) FROM tl"), "2000|2000", "rows of timeline 2 up to {t}");
     rx.signal(15);
     assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
 }
@@ -520,6 +541,205 @@ fn kill_9_and_restart_leaves_no_gap() {
         let archived = get(&push_repo, &name, &work.path().join(format!("{name}.push")))
             .unwrap_or_else(|| panic!("{name} missing from archive_command's repository"));
         assert!(received == archived, "{name}: received and archived segments differ");
+    }
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
+}
+
+/// `c` with the repository's environment, run as the receiver runs (the test's user, which
+/// owns what the receiver wrote in the repository).
+fn with_repo(mut c: Command, repo: &TestRepo) -> Command {
+    c.envs(repo.env.iter().map(|(k, v)| (k, v)));
+    c
+}
+
+/// `basebackup create` of `cluster` into `repo`; returns the backup id.
+fn basebackup_create(repo: &TestRepo, cluster: &TestCluster) -> String {
+    let mut c = with_repo(bins::basebackup(), repo);
+    c.env("PITR_DBNAME", format!("host={} port={} user=postgres", cluster.socket_dir.display(), cluster.port));
+    c.args(["create", "--wal-timeout", "60"]);
+    bins::run(c).ok().trim().to_string()
+}
+
+/// `pitr-restore` with `args`.
+fn pitr_restore(repo: &TestRepo, args: &[&str]) -> bins::Run {
+    let mut c = with_repo(bins::pitr_restore(), repo);
+    c.args(args);
+    bins::run(c)
+}
+
+/// Restores `repo` with `pitr-restore` (`args`: the target) into a new directory, starts the
+/// server (not archiving, restore_command logging at info) and waits until it is promoted.
+/// Returns the server, its directory and pitr-restore's output.
+fn restore_and_start(repo: &TestRepo, label: &str, args: &[&str]) -> (TestCluster, tempfile::TempDir, String) {
+    let dir = scratch_dir(label);
+    let data = dir.path().join("data");
+    let d = data.display().to_string();
+    let mut all = vec!["--pgdata", d.as_str(), "--set", "archive_mode=off"];
+    all.extend_from_slice(args);
+    let r = pitr_restore(repo, &all);
+    assert_eq!(r.code, 0, "pitr-restore {all:?} failed: {r:#?}");
+    give_to_server_user(dir.path());
+    let mut restored = TestCluster::existing(data, dir.path().to_path_buf());
+    for (k, v) in &repo.env {
+        restored.env(k, v);
+    }
+    restored.env("PITR_LOG", "info");
+    restored.start();
+    restored.wait_for("SELECT pg_is_in_recovery()", "f", Duration::from_secs(120));
+    (restored, dir, format!("{}{}", r.stdout, r.stderr))
+}
+
+/// The postmaster's pid.
+fn postmaster_pid(cluster: &TestCluster) -> i32 {
+    fs::read_to_string(cluster.data.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap()
+}
+
+/// Bounded RPO from the repository alone: an asynchronous receiver uploads its growing segment
+/// every second (`--partial-interval 1`) while a client commits numbered rows, one per
+/// transaction, noting when each commit returned. The primary and then the receiver are
+/// killed -9 mid-write and the spool is deleted; `pitr-restore` to latest from the repository
+/// (a base backup taken before the rows, the archived segments, the receiver's partial
+/// object) must bring back every row whose commit returned more than 1.5 s before the kill
+/// (the 1 s interval plus 0.5 s for streaming and the upload itself), and the rows must be
+/// 1..n with nothing missing in between.
+#[test]
+fn bounded_rpo_from_the_repository_alone() {
+    const BOUND: Duration = Duration::from_millis(1500);
+    let repo = TestRepo::local();
+    let mut primary = TestCluster::init("recv-rpo", &[]);
+    primary.start();
+    let work = scratch_dir("recv-rpo-work");
+    let spool = work.path().join("spool");
+    let mut rx = ReceiverProc::start(&repo, &primary, &spool, &["--partial-interval", "1"]);
+    wait_streaming(&primary, &rx, false);
+    primary.sql("CREATE TABLE rpo(i int PRIMARY KEY)");
+    basebackup_create(&repo, &primary);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (socket, port, stop) = (primary.socket_dir.clone(), primary.port, stop.clone());
+        std::thread::spawn(move || {
+            let mut returned: Vec<(u32, Instant)> = Vec::new();
+            for i in 1.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let ok = as_server_user(pg_bin().join("psql"))
+                    .args(["-X", "-q", "-h", socket.to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
+                    .args(["-d", "postgres", "-c", &format!("INSERT INTO rpo VALUES ({i})")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    break;
+                }
+                returned.push((i, Instant::now()));
+            }
+            returned
+        })
+    };
+    // Commits for a few seconds, then both die mid-write.
+    std::thread::sleep(Duration::from_secs(5));
+    let killed_at = Instant::now();
+    assert_eq!(kill(postmaster_pid(&primary), 9), 0);
+    rx.signal(9);
+    assert_eq!(rx.wait(Duration::from_secs(10)), None, "killed by the signal");
+    stop.store(true, Ordering::SeqCst);
+    let returned = client.join().unwrap();
+    let must_have: Vec<u32> =
+        returned.iter().filter(|(_, t)| killed_at.saturating_duration_since(*t) > BOUND).map(|(i, _)| *i).collect();
+    assert!(
+        must_have.len() >= 20,
+        "too few commits to judge: {} returned, {} before the bound",
+        returned.len(),
+        must_have.len()
+    );
+    // The receiver's host is lost too: only the repository remains.
+    fs::remove_dir_all(&spool).unwrap();
+
+    let plan = pitr_restore(&repo, &["plan"]);
+    assert!(
+        plan.stdout.contains("the last one is the receiver's partial segment"),
+        "the plan ends with the receiver's partial segment: {plan:#?}"
+    );
+    let (restored, _dir, _) = restore_and_start(&repo, "recv-rpo-restore", &[]);
+    let row = restored.sql("SELECT count(*), coalesce(min(i), 0), coalesce(max(i), 0) FROM rpo");
+    let f: Vec<u32> = row.split('|').map(|x| x.parse().unwrap()).collect();
+    let (n, min, max) = (f[0], f[1], f[2]);
+    assert_eq!((min, max), (1.min(n), n), "the rows are 1..n with no hole: {row}");
+    let needed = *must_have.last().unwrap();
+    eprintln!(
+        "{} commits returned, {} of them more than {BOUND:?} before the kill; restored 1..{n}",
+        returned.len(),
+        must_have.len()
+    );
+    assert!(
+        n >= needed,
+        "rows up to {needed} committed more than {BOUND:?} before the kill, only 1..{n} restored \
+         ({} commits returned)\n{}",
+        returned.len(),
+        restored.log()
+    );
+    assert!(restored.log().contains("restored from the receiver's partial segment"), "{}", restored.log());
+}
+
+/// With a slot (`--slot --create-slot`) and `wal_keep_size = 0`: while the receiver is stopped
+/// the primary keeps every segment it has not received, even across checkpoints; once the
+/// receiver has caught up and made them durable, the next checkpoints remove them.
+#[test]
+fn slot_holds_only_wal_that_is_not_yet_durable() {
+    let repo = TestRepo::local();
+    let mut primary = TestCluster::init(
+        "recv-slot",
+        &["wal_keep_size = 0".into(), "max_wal_size = 32MB".into(), "min_wal_size = 32MB".into()],
+    );
+    primary.start();
+    let work = scratch_dir("recv-slot-work");
+    let spool = work.path().join("spool");
+    let args = ["--slot", "pitr_keep", "--create-slot"];
+    let mut rx = ReceiverProc::start(&repo, &primary, &spool, &args);
+    wait_streaming(&primary, &rx, false);
+    let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+    wait_flushed(&primary, &rx, &lsn);
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
+
+    // Receiver stopped: several segments are written and closed.
+    let held_from = primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let mut written = Vec::new();
+    for round in 0..5 {
+        primary.sql(&format!(
+            "CREATE TABLE held_{round} AS SELECT g AS i, md5(g::text) AS m FROM generate_series(1, 20000) g"
+        ));
+        written.push(primary.switch_wal());
+    }
+    primary.sql("CHECKPOINT");
+    primary.sql("CHECKPOINT");
+    let pg_wal = primary.data.join("pg_wal");
+    for name in std::iter::once(&held_from).chain(&written) {
+        assert!(pg_wal.join(name).exists(), "{name} removed although the receiver has not received it");
+    }
+
+    // Started again, it catches up from the slot; once durable, the segments may go.
+    let mut rx = ReceiverProc::start(&repo, &primary, &spool, &args);
+    wait_streaming(&primary, &rx, false);
+    let last = written.last().unwrap().clone();
+    wait_stored(&repo, &last, work.path(), &rx);
+    let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+    wait_flushed(&primary, &rx, &lsn);
+    primary.wait_for(
+        &format!("SELECT restart_lsn >= '{lsn}' FROM pg_replication_slots WHERE slot_name = 'pitr_keep'"),
+        "t",
+        Duration::from_secs(30),
+    );
+    primary.switch_wal();
+    primary.sql("CHECKPOINT");
+    primary.sql("CHECKPOINT");
+    for name in std::iter::once(&held_from).chain(&written) {
+        assert!(!pg_wal.join(name).exists(), "{name} still in pg_wal after the receiver made it durable");
+        assert!(get(&repo, name, &work.path().join(format!("{name}.got"))).is_some(), "{name} not in the repository");
     }
     rx.signal(15);
     assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());

@@ -9,6 +9,18 @@
 //!
 //! Segments may come from the prefetch spool (see [`crate::prefetch`]): files there were
 //! verified like any download, so serving one is a rename.
+//!
+//! A segment that is not archived may be served from the streaming receiver's growing
+//! segment (`<cluster>/receiver/<segment>.partial.zst`, see `wal-archiver receive`): the
+//! full-size `.partial` file, valid WAL then zeros, under the requested name. Only when that
+//! object is for exactly this segment and its timeline is the newest of its branch (no
+//! history file in the repository says the timeline ended before the segment's end), and
+//! pg_wal (beside the destination) holds no copy of that segment with as much valid WAL or
+//! more, which PostgreSQL would otherwise replace with what `get` serves. Recovery
+//! then stops at the end of its valid WAL; a standby re-runs restore_command for the same
+//! segment when it reaches that end, and so gets the grown partial or the complete segment.
+//! The prefetch worker never fetches partial objects ([`fetch`] reads `wal/` only), so a
+//! stale partial is never kept in the spool.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -17,9 +29,11 @@ use std::path::{Path, PathBuf};
 use common::codec::{self, CodecError, ObjectHeader};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
+use common::lsn::Lsn;
 use common::repository::Repository;
 use common::retry::retry;
-use common::storage::ObjectReader;
+use common::storage::{ObjectKey, ObjectReader};
+use common::wal::record;
 use common::wal::{WalFileKind, WalFileName};
 
 use crate::prefetch;
@@ -48,6 +62,18 @@ pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure
     }
     let repo = config.open_repository(false).await?;
     let header = match fetch(&repo, &wal, dest).await {
+        Err(f) if f.kind == FailureKind::NotFound && wal.kind == WalFileKind::Segment => {
+            match from_receiver(&repo, &wal, dest).await? {
+                FromReceiver::Served => return Ok(()),
+                FromReceiver::Refused => return Err(absent(&repo, name).await),
+                // The receiver may have stored the complete segment (and removed its partial
+                // object) since the first look: "absent" must be certain.
+                FromReceiver::NoPartial => match fetch(&repo, &wal, dest).await {
+                    Err(f) if f.kind == FailureKind::NotFound => return Err(absent(&repo, name).await),
+                    r => r?,
+                },
+            }
+        }
         Err(f) if f.kind == FailureKind::NotFound => return Err(absent(&repo, name).await),
         r => r?,
     };
@@ -58,11 +84,101 @@ pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure
     Ok(())
 }
 
+/// What the receiver's partial object could do for a missing segment.
+enum FromReceiver {
+    /// Served at the destination.
+    Served,
+    /// There is no partial object for this segment.
+    NoPartial,
+    /// There is one, but it is not served: its timeline ended before the segment's end, or
+    /// pg_wal holds a copy of the segment with at least as much valid WAL.
+    Refused,
+}
+
+/// Serves the receiver's partial object for segment `wal` at `dest`, when there is one for
+/// exactly this segment and its timeline has not ended before the segment's end.
+async fn from_receiver(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<FromReceiver, Failure> {
+    let key = repo.receiver_partial_key(wal);
+    if repo.object_header(&key).await?.is_none() {
+        return Ok(FromReceiver::NoPartial);
+    }
+    let Some(cluster) = repo.cluster_info().await? else {
+        return Ok(FromReceiver::NoPartial); // `absent` explains
+    };
+    let size = cluster.segment_size;
+    let segno = wal.segment_number(size).map_err(|e| Failure::msg(FailureKind::Invalid, e))?.unwrap_or(0);
+    let segment_end = Lsn((segno + 1) * size.bytes());
+    if let Some(end) = repo.timeline_end(wal.timeline).await? {
+        if end < segment_end {
+            tracing::info!(
+                file = %wal,
+                %key,
+                "not serving the receiver's partial segment: timeline {} ended at {end} (history files)",
+                wal.timeline
+            );
+            return Ok(FromReceiver::Refused);
+        }
+    }
+    let expected = wal.with_kind(WalFileKind::Partial).to_string();
+    let header = match fetch_key(repo, &key, &wal.to_string(), dest, Some((&expected, size.bytes()))).await {
+        Err(f) if f.kind == FailureKind::NotFound => return Ok(FromReceiver::NoPartial),
+        r => r?,
+    };
+    // Up to where it holds valid WAL: from its header when the receiver stored a summary,
+    // else from its records (a few milliseconds, and only at the end of the archive).
+    let valid_end = header.wal.and_then(|s| s.valid_end).or_else(|| valid_end_of(dest));
+    let upto = valid_end.map_or_else(|| "unknown".to_string(), |e| e.to_string());
+    // PostgreSQL asks restore_command before it looks in pg_wal, and replaces pg_wal's copy
+    // with what it gets. A copy there with at least as much valid WAL (the receiver's spool
+    // file copied in by an operator, the old server's own file, what a standby restored
+    // before) must win: answer "absent" so that PostgreSQL reads it.
+    let local = dest.with_file_name(wal.to_string());
+    if local != dest && local.exists() {
+        let local_end = valid_end_of(&local);
+        if local_end.is_some() && local_end >= valid_end {
+            let _ = std::fs::remove_file(dest);
+            tracing::info!(
+                file = %wal,
+                %key,
+                "not serving the receiver's partial segment (valid WAL up to {upto}): {} holds as much or more \
+                 (up to {})",
+                local.display(),
+                local_end.map_or_else(String::new, |e| e.to_string())
+            );
+            return Ok(FromReceiver::Refused);
+        }
+    }
+    tracing::info!(
+        file = %wal,
+        %key,
+        valid_wal_up_to = %upto,
+        "restored from the receiver's partial segment (not yet archived complete): valid WAL up to {upto}"
+    );
+    Ok(FromReceiver::Served)
+}
+
+/// The end of the valid WAL in the segment file at `path`, when it is a readable segment.
+fn valid_end_of(path: &Path) -> Option<Lsn> {
+    let bytes = std::fs::read(path).ok()?;
+    record::summarize(&bytes).ok()?.valid_end
+}
+
 /// Downloads `wal` into `dest` (through a temporary file beside it), verifying it on the way.
+/// Reads the archived file under `wal/` only, never the receiver's partial object.
 pub async fn fetch(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<ObjectHeader, Failure> {
-    let name = wal.to_string();
-    let key = repo.wal_key(wal);
-    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(&key)).await?;
+    fetch_key(repo, &repo.wal_key(wal), &wal.to_string(), dest, None).await
+}
+
+/// Downloads the object at `key` (holding WAL file `name`) into `dest`, verifying it on the
+/// way; with `expect`, its header must also name that file and that raw size.
+async fn fetch_key(
+    repo: &Repository,
+    key: &ObjectKey,
+    name: &str,
+    dest: &Path,
+    expect: Option<(&str, u64)>,
+) -> Result<ObjectHeader, Failure> {
+    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(key)).await?;
 
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -96,6 +212,17 @@ pub async fn fetch(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<
         let f: Failure = e.into();
         Failure::msg(f.kind, format!("{name} ({key}): {f}"))
     })?;
+    if let Some((file, size)) = expect {
+        if header.name != file || header.raw_size != size {
+            return Err(Failure::msg(
+                FailureKind::Corrupt,
+                format!(
+                    "{name} ({key}): the object holds {:?} of {} bytes, expected {file:?} of {size} bytes",
+                    header.name, header.raw_size
+                ),
+            ));
+        }
+    }
     out.flush().map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display())))?;
     drop(out);
     std::fs::rename(&tmp_path, dest)

@@ -36,8 +36,7 @@ use crate::receive_metrics::{ErrorKind, ReceiveMetrics};
 /// `<cluster>/receiver/<segment>.partial.zst`. Replaced as the segment grows, removed once
 /// the complete segment is stored.
 pub fn partial_key(repo: &Repository, name: &WalFileName) -> ObjectKey {
-    let name = name.with_kind(WalFileKind::Partial);
-    ObjectKey::new(format!("{}/receiver/{name}.zst", repo.cluster())).expect("cluster and WAL names make valid keys")
+    repo.receiver_partial_key(name)
 }
 
 /// Work for the uploader.

@@ -61,6 +61,13 @@ pub fn parse(timeline: TimelineId, content: &[u8]) -> Result<Vec<HistoryEntry>, 
     Ok(out)
 }
 
+/// Where `timeline` ended according to the history files of later timelines (each given as
+/// its parsed entries): the earliest switch point out of `timeline` that any of them records,
+/// `None` when none names it as a parent (it is the newest timeline of its branch).
+pub fn ended_at<'a>(timeline: TimelineId, later: impl IntoIterator<Item = &'a [HistoryEntry]>) -> Option<Lsn> {
+    later.into_iter().flatten().filter(|e| e.parent == timeline).map(|e| e.switch_point).min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +86,17 @@ mod tests {
         let h =
             parse(TimelineId(3), b"# comment\n1\t0/3000000\tno recovery target specified\n2\t0/5000A00\tx\n").unwrap();
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn where_a_timeline_ended() {
+        let two = parse(TimelineId(2), b"1\t0/5000100\tx\n").unwrap();
+        let three = parse(TimelineId(3), b"1\t0/5000100\tx\n2\t0/9000000\ty\n").unwrap();
+        let t = |n| TimelineId(n);
+        assert_eq!(ended_at(t(1), [&two[..], &three[..]]), Some("0/5000100".parse().unwrap()));
+        assert_eq!(ended_at(t(2), [&two[..], &three[..]]), Some("0/9000000".parse().unwrap()));
+        assert_eq!(ended_at(t(3), [&two[..], &three[..]]), None);
+        assert_eq!(ended_at(t(1), []), None);
     }
 
     #[test]
