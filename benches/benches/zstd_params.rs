@@ -104,7 +104,8 @@ fn sizes(corpus: &[(String, Vec<u8>)]) {
         let total: usize = corpus.iter().map(|(_, d)| stored(d, &s)).sum();
         let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
         let base = *base.get_or_insert(total as f64);
-        let vs_ref = reference.map(|r| format!("  vs ref {:+6.2}%", 100.0 * (total as f64 - r) / r)).unwrap_or_default();
+        let vs_ref =
+            reference.map(|r| format!("  vs ref {:+6.2}%", 100.0 * (total as f64 - r) / r)).unwrap_or_default();
         eprintln!(
             "  {:28} {total:>11} bytes  ratio {:5.2}  vs pitr {:+6.2}%{vs_ref}  {:5.1} ms CPU/seg ({:5.1} wall)",
             s.name,

@@ -167,6 +167,24 @@ pub fn compress<R: Read, W: Write + Seek>(
     compress_with_summary(prefix, src, dst, name, size_hint, None, opts)
 }
 
+/// zstd parameters that differ from the level's own. Level 3 (the default) is retuned for
+/// WAL; other levels are zstd's own. Measured on pgbench WAL corpora
+/// (benches/benches/zstd_params.rs, benches/RESULTS.md): zstd's level-3 tables (2^17 long /
+/// 2^16 short hash) store up to 0.4% more than pgBackRest's zst:3. Small tables (2^13 long,
+/// 2^13 short) remember recent positions only, so matches stay near and their offsets cheap,
+/// and they stay in the CPU cache: about 1.5% smaller than zstd's level 3 and 25-35% less
+/// CPU. The window stays 2 MiB (4 MiB gains nothing on WAL and costs 4 MiB of memory). The
+/// margin assumes no workers (compress-threads 0, the default for WAL): workers compress a
+/// file in separate jobs, which costs WAL 0.2-1.2%.
+fn tuned_parameters(level: i32) -> Vec<zstd::zstd_safe::CParameter> {
+    use zstd::zstd_safe::CParameter::{ChainLog, HashLog, WindowLog};
+    if level == 3 {
+        vec![WindowLog(21), HashLog(13), ChainLog(13)]
+    } else {
+        Vec::new()
+    }
+}
+
 /// [`compress`], with a WAL summary in the header. The header's room is reserved before
 /// compressing, sized with the digest's fixed width and `size_hint` (zstd fails when the
 /// content differs from a pledged size; without a hint, room for the largest size). A summary
@@ -198,25 +216,33 @@ pub fn compress_with_summary<R: Read, W: Write + Seek>(
     dst.write_all(&vec![0u8; reserved])?;
     let mut hasher = blake3::Hasher::new();
     let mut raw = 0u64;
-    {
+    // A whole file in `prefix` (push reads a segment once): compressed in one call from the
+    // caller's buffer. The streaming encoder would copy it into a window-sized buffer of its
+    // own first (measured: 5% of push's CPU, 2 MiB more memory per file).
+    let mut buf = vec![0u8; CHUNK];
+    let first = if opts.workers == 0 && !prefix.is_empty() { read_full(src, &mut buf)? } else { usize::MAX };
+    if first == 0 {
+        let mut cctx = zstd::bulk::Compressor::new(opts.level)?;
+        cctx.include_checksum(true)?;
+        for p in tuned_parameters(opts.level) {
+            cctx.set_parameter(p)?;
+        }
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(prefix.len()));
+        cctx.compress_to_buffer(prefix, &mut out)?;
+        hasher.update(prefix);
+        raw = prefix.len() as u64;
+        if let Some(h) = size_hint.filter(|&h| h != raw) {
+            return Err(CodecError::Io(io::Error::other(format!("{raw} bytes read, {h} announced"))));
+        }
+        dst.write_all(&out)?;
+    } else {
         let mut enc = zstd::stream::write::Encoder::new(&mut *dst, opts.level)?;
         enc.include_checksum(true)?;
         if opts.workers > 0 {
             enc.multithread(opts.workers)?;
         }
-        if opts.level == 3 {
-            // Level 3 (the default) retuned for WAL; other levels are zstd's own. Measured on
-            // pgbench WAL corpora (benches/benches/zstd_params.rs, benches/RESULTS.md): zstd's
-            // level-3 tables (2^17 long / 2^16 short hash) store up to 0.4% more than
-            // pgBackRest's zst:3. Small tables (2^13 long, 2^13 short) remember recent
-            // positions only, so matches stay near and their offsets cheap, and they stay in
-            // the CPU cache: about 1.5% smaller than zstd's level 3 and 25-35% less CPU. The
-            // window stays 2 MiB (4 MiB gains nothing on WAL and costs 4 MiB of memory).
-            // The margin assumes no workers (compress-threads 0, the default for WAL): workers
-            // compress a file in separate jobs, which costs WAL 0.2-1.2%.
-            enc.set_parameter(zstd::zstd_safe::CParameter::WindowLog(21))?;
-            enc.set_parameter(zstd::zstd_safe::CParameter::HashLog(13))?;
-            enc.set_parameter(zstd::zstd_safe::CParameter::ChainLog(13))?;
+        for p in tuned_parameters(opts.level) {
+            enc.set_parameter(p)?;
         }
         enc.set_pledged_src_size(size_hint)?;
         for chunk in prefix.chunks(CHUNK) {
@@ -224,15 +250,15 @@ pub fn compress_with_summary<R: Read, W: Write + Seek>(
             enc.write_all(chunk)?;
         }
         raw += prefix.len() as u64;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = read_full(src, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            enc.write_all(&buf[..n])?;
-            raw += n as u64;
+        let mut pending = first.min(CHUNK);
+        if first == usize::MAX {
+            pending = read_full(src, &mut buf)?;
+        }
+        while pending > 0 {
+            hasher.update(&buf[..pending]);
+            enc.write_all(&buf[..pending])?;
+            raw += pending as u64;
+            pending = read_full(src, &mut buf)?;
         }
         enc.finish()?;
     }
@@ -357,6 +383,27 @@ mod tests {
             assert_eq!(back, data);
             assert_eq!(ObjectHeader::decode(&obj[..HEADER_LEN]).unwrap(), h, "header readable alone");
         }
+    }
+
+    #[test]
+    fn a_whole_file_in_memory_compresses_in_one_call_like_a_stream() {
+        let data = sample(3 << 20);
+        let (streamed, hs) = pack(&data, CompressOptions::default());
+        let mut out = Cursor::new(Vec::new());
+        let h = compress(&data, &mut io::empty(), &mut out, "seg", Some(data.len() as u64), CompressOptions::default())
+            .unwrap();
+        let whole = out.into_inner();
+        assert_eq!(h, hs, "same header");
+        assert!(whole.len() <= streamed.len() + 64, "{} vs {}", whole.len(), streamed.len());
+        let mut back = Vec::new();
+        assert_eq!(decompress(&whole[..], &mut back).unwrap(), h);
+        assert_eq!(back, data);
+        assert_eq!(zstd::decode_all(&whole[..]).unwrap(), data, "a standard zstd frame");
+        // A size that differs from the announced one is refused, as the stream refuses it.
+        let mut out = Cursor::new(Vec::new());
+        let e =
+            compress(&data, &mut io::empty(), &mut out, "seg", Some(1 + data.len() as u64), CompressOptions::default());
+        assert!(e.is_err());
     }
 
     #[test]

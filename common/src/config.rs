@@ -366,7 +366,6 @@ mod tests {
         assert_eq!(c.compress.level, 9);
     }
 
-
     #[test]
     fn wal_compresses_on_one_thread_backups_on_every_core_unless_configured() {
         let args = RepoArgs { repo: Some("/r".into()), ..Default::default() };

@@ -26,6 +26,21 @@ pub fn acquire(spool: &Path) -> Result<Option<File>, Failure> {
     Ok(f.try_lock().is_ok().then_some(f))
 }
 
+/// The worker's command line and environment: this configuration, and a fixed malloc mmap
+/// threshold. A worker runs several pushes or downloads on threads of their own; glibc raises
+/// its mmap threshold after the first 16 MiB buffer is freed, so later buffers come from the
+/// per-thread arenas, which keep them (touched) after use, and a look-ahead worker peaked at
+/// 74-80 MiB (benches/RESULTS.md). With the threshold fixed at 4 MiB, segment-sized buffers
+/// are mapped fresh and returned whole: about 50 MiB for two pushes in parallel.
+fn command(exe: &Path, config: &Config, args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).envs(config.to_env());
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        cmd.env("MALLOC_MMAP_THRESHOLD_", (4 << 20).to_string());
+    }
+    cmd
+}
+
 /// Starts `wal-archiver <args>` detached, with this configuration in its environment.
 pub fn spawn(config: &Config, spool: &Path, args: &[&std::ffi::OsStr]) {
     if fs::create_dir_all(spool).is_err() {
@@ -33,10 +48,28 @@ pub fn spawn(config: &Config, spool: &Path, args: &[&std::ffi::OsStr]) {
     }
     let Ok(exe) = std::env::current_exe() else { return };
     let log = File::create(spool.join("worker.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
-    let mut cmd = Command::new(exe);
-    cmd.args(args).envs(config.to_env()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let mut cmd = command(&exe, config, args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     if let Err(e) = cmd.spawn() {
         tracing::info!(error = %e, "cannot start a background worker");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_run_with_a_fixed_mmap_threshold_and_the_configuration() {
+        let args = common::config::RepoArgs { repo: Some("/r".into()), ..Default::default() };
+        let config = Config::resolve(&args).unwrap();
+        let cmd = command(Path::new("/bin/true"), &config, &["push-ahead-worker".as_ref()]);
+        let env: Vec<_> = cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            assert!(env.contains(&("MALLOC_MMAP_THRESHOLD_".into(), Some("4194304".into()))), "{env:?}");
+        }
+        assert!(env.iter().any(|(k, v)| k == "PITR_REPO" && v.as_deref() == Some("/r".as_ref())), "{env:?}");
+        assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["push-ahead-worker"]);
     }
 }
