@@ -82,6 +82,17 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
             let n = codec::read_full(&mut file, &mut data).map_err(|e| read_error(path, e))?;
             data.truncate(n);
             validate_segment(&repo, &name, &data, size).await?;
+            // Already archived (the look-ahead worker's segments, a retry after a crash)?
+            // Then the file is only hashed, streamed through a small buffer: no segment-sized
+            // allocation and copy for a push that stores nothing.
+            if let Some(existing) = repo.wal_header(&name).await? {
+                let mut rest = (&data[..]).chain(&mut file);
+                let (read, digest) = codec::digest(&mut rest).map_err(|e| read_error(path, e))?;
+                if read != size {
+                    return Err(changed(path, size, read));
+                }
+                return compare_digest(&name, &existing, read, &digest);
+            }
             data.reserve_exact((size as usize).saturating_sub(n) + 1);
             file.read_to_end(&mut data).map_err(|e| read_error(path, e))?;
             if data.len() as u64 != size {
@@ -101,9 +112,13 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
         }
     }
 
-    // Already archived? Decide by the digest of the uncompressed content.
-    if let Some(existing) = repo.wal_header(&name).await? {
-        return compare_existing(&name, &existing, &data);
+    // Already archived? Decide by the digest of the uncompressed content (segments were
+    // checked before they were read whole).
+    if matches!(name.kind, WalFileKind::History | WalFileKind::Backup) {
+        if let Some(existing) = repo.wal_header(&name).await? {
+            let (size, digest) = codec::digest(&mut &data[..]).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+            return compare_digest(&name, &existing, size, &digest);
+        }
     }
     let summary = match name.kind {
         WalFileKind::Segment | WalFileKind::Partial => summarize(&name, &data),
@@ -264,13 +279,18 @@ async fn validate_segment(repo: &Repository, name: &WalFileName, first: &[u8], s
     Ok(())
 }
 
-fn compare_existing(name: &WalFileName, existing: &ObjectHeader, data: &[u8]) -> Result<PushOutcome, Failure> {
-    let (size, digest) = codec::digest(&mut &data[..]).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+/// An object is already stored under this file's key: identical content is success.
+fn compare_digest(
+    name: &WalFileName,
+    existing: &ObjectHeader,
+    size: u64,
+    digest: &str,
+) -> Result<PushOutcome, Failure> {
     if size == existing.raw_size && digest == existing.blake3 {
         tracing::info!(file = %name, "already archived with identical content");
         Ok(PushOutcome::AlreadyArchived)
     } else {
-        Err(conflict(name, existing, size, &digest))
+        Err(conflict(name, existing, size, digest))
     }
 }
 
