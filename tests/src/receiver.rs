@@ -85,12 +85,20 @@ impl Drop for ReceiverProc {
     }
 }
 
-/// Waits until the receiver streams from `cluster` (`pg_stat_replication.state`).
-pub fn wait_streaming(cluster: &TestCluster, rx: &ReceiverProc) {
-    let sql = "SELECT coalesce(string_agg(state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'";
+/// Waits until the receiver streams from `cluster` (optionally in sync state).
+pub fn wait_streaming(cluster: &TestCluster, rx: &ReceiverProc, sync: bool) {
+    let want = if sync { "streaming|sync" } else { "streaming" };
+    let sql = if sync {
+        "SELECT coalesce(string_agg(state || '|' || sync_state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'"
+    } else {
+        "SELECT coalesce(string_agg(state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'"
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.sql(sql) != "streaming" {
-        assert!(Instant::now() < deadline, "receiver not streaming after 60 s:\n{}", rx.log());
+    loop {
+        if cluster.sql(sql) == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "receiver not {want} after 60 s:\n{}", rx.log());
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -14,8 +14,8 @@
 //! - with a slot, the primary keeps only the WAL the receiver has not made durable.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,56 +23,8 @@ use std::time::{Duration, Instant};
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
 use pitr_tests::bins;
 use pitr_tests::pg::{as_server_user, give_to_server_user, pg_bin, scratch_dir, TestCluster};
+use pitr_tests::receiver::{wait_streaming, ReceiverProc};
 use pitr_tests::repo::TestRepo;
-
-/// A receiver process, killed on drop; its stderr goes to a file.
-struct ReceiverProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ReceiverProc {
-    fn start(repo: &TestRepo, cluster: &TestCluster, spool: &Path, extra: &[&str]) -> ReceiverProc {
-        let log = spool.with_extension("log");
-        let mut c = repo.wal_archiver();
-        let conninfo =
-            format!("host={} port={} user=postgres application_name=pitr", cluster.socket_dir.display(), cluster.port);
-        c.args(["receive", "-d", &conninfo, "--spool", spool.to_str().unwrap(), "--status-interval", "1"]);
-        c.args(extra);
-        c.env("PITR_LOG", "info");
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
-        let child = c.spawn().expect("start wal-archiver receive");
-        ReceiverProc { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        let rc = kill(self.child.id() as i32, sig);
-        assert_eq!(rc, 0, "kill({sig}) failed");
-    }
-
-    /// Waits for the exit code, failing after `timeout`.
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "receiver did not exit within {timeout:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ReceiverProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// kill(1) (the workspace denies unsafe code, so no libc::kill).
 fn kill(pid: i32, sig: i32) -> i32 {
@@ -81,24 +33,6 @@ fn kill(pid: i32, sig: i32) -> i32 {
         0
     } else {
         -1
-    }
-}
-
-/// Waits until the receiver streams from `cluster` (optionally in sync state).
-fn wait_streaming(cluster: &TestCluster, rx: &ReceiverProc, sync: bool) {
-    let want = if sync { "streaming|sync" } else { "streaming" };
-    let sql = if sync {
-        "SELECT coalesce(string_agg(state || '|' || sync_state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'"
-    } else {
-        "SELECT coalesce(string_agg(state, ','), '') FROM pg_stat_replication WHERE application_name = 'pitr'"
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if cluster.sql(sql) == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "receiver not {want} after 60 s:\n{}", rx.log());
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

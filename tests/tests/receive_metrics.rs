@@ -115,7 +115,7 @@ fn metrics_and_health_follow_the_stream() {
     let spool = work.path().join("spool");
     let mut rx = ReceiverProc::start(&repo, &primary, &spool, &["--metrics-listen", "127.0.0.1:0"]);
     let scraper = Scraper { port: metrics_port(&rx) };
-    wait_streaming(&primary, &rx);
+    wait_streaming(&primary, &rx, false);
     assert_eq!(scraper.wait_health(200, &rx), "ok\n");
 
     // Every metric is announced with HELP and TYPE.
@@ -169,7 +169,7 @@ fn metrics_and_health_follow_the_stream() {
 
     // It comes back: healthy again, one reconnect, and the stream is followed as before.
     primary.start();
-    wait_streaming(&primary, &rx);
+    wait_streaming(&primary, &rx, false);
     assert_eq!(scraper.wait_health(200, &rx), "ok\n");
     assert_eq!(scraper.get("reconnects_total"), 1.0);
     assert_eq!(scraper.get("connected"), 1.0);
