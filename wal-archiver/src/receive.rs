@@ -456,9 +456,16 @@ impl Receiver {
             };
             let mut batch = vec![first];
             let mut bytes = 0usize;
-            // More of the batch: whatever is already buffered, up to 8 MiB.
+            // More of the batch: whatever is already buffered, up to 8 MiB. Polled once, never
+            // waited for: a zero `tokio::time::timeout` would wait for the timer's next 1 ms
+            // tick, and a synchronous commit waits for this batch's fsync and reply.
             while bytes < 8 << 20 && batch.len() < 256 {
-                match tokio::time::timeout(Duration::ZERO, reader.next_message()).await {
+                let ready = tokio::select! {
+                    biased;
+                    m = reader.next_message() => Ok(m),
+                    () = std::future::ready(()) => Err(()),
+                };
+                match ready {
                     Ok(m) => {
                         if let Ok(BackendMessage::CopyData(b)) = &m {
                             bytes += b.len();
