@@ -462,7 +462,7 @@ verdict() { if awk "BEGIN{exit !($1)}"; then echo "**holds**"; else echo "**does
     echo "| $t | $(desc rto "$t") | $(secs rto "$t") | $(f1 "$(med rto "$t" files_seconds)") / $(f1 "$(med rto "$t" redo_seconds)") | $(f1 "$(med rto "$t" own_seconds)") | $c | $(f1 "$(maxof rto "$t" rss_mib)") | $(loads rto "$t") |"
   done
   echo
-  echo "files = until the restore tool exited (pitr: its own \"restored … in\" figure); redo = the server's \"redo done … elapsed\"; the rest is start-up, end of recovery and promotion. pitr's own figure is the \"total time\" it prints (its wait loop polls every 0.2 s, the script's for pgBackRest every 0.1 s)."
+  echo "files = until the restore tool exited (pitr: its own \"restored … in\" figure); redo = the server's \"redo done … elapsed\"; the rest is start-up, end of recovery and promotion. pitr's own figure is the \"total time\" it prints (its wait loop and the script's for pgBackRest both poll every 0.1 s)."
   echo
   echo "### Acceptance (issue 3), medians of this run"
   echo
