@@ -220,8 +220,8 @@ pub fn compress_with_summary<R: Read, W: Write + Seek>(
     // caller's buffer. The streaming encoder would copy it into a window-sized buffer of its
     // own first (measured: 5% of push's CPU, 2 MiB more memory per file).
     let mut buf = vec![0u8; CHUNK];
-    let first = if opts.workers == 0 && !prefix.is_empty() { read_full(src, &mut buf)? } else { usize::MAX };
-    if first == 0 {
+    let mut pending = read_full(src, &mut buf)?;
+    if pending == 0 && opts.workers == 0 && !prefix.is_empty() {
         let mut cctx = zstd::bulk::Compressor::new(opts.level)?;
         cctx.include_checksum(true)?;
         for p in tuned_parameters(opts.level) {
@@ -250,10 +250,6 @@ pub fn compress_with_summary<R: Read, W: Write + Seek>(
             enc.write_all(chunk)?;
         }
         raw += prefix.len() as u64;
-        let mut pending = first.min(CHUNK);
-        if first == usize::MAX {
-            pending = read_full(src, &mut buf)?;
-        }
         while pending > 0 {
             hasher.update(&buf[..pending]);
             enc.write_all(&buf[..pending])?;

@@ -19,7 +19,7 @@ use crate::codec::{header_len, ObjectHeader, HEADER_LEN};
 use crate::lsn::Lsn;
 use crate::retry::{retry, RetryPolicy};
 use crate::storage::{read_all, Body, ObjectKey, PutMode, Storage, StorageError};
-use crate::wal::history;
+use crate::wal::history::{self, HistoryEntry};
 use crate::wal::record::SegmentSummary;
 use crate::wal::{PgMajor, SystemId, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 
@@ -107,33 +107,42 @@ impl Repository {
     /// name): `<cluster>/receiver/<segment>.partial.zst`. Outside `wal/`: the receiver
     /// replaces it as the segment grows and removes it once the complete segment is stored.
     pub fn receiver_partial_key(&self, name: &WalFileName) -> ObjectKey {
-        self.key(&format!("receiver/{}.zst", name.with_kind(WalFileKind::Partial)))
+        ObjectKey::new(format!("{}{}.zst", self.receiver_prefix(), name.with_kind(WalFileKind::Partial)))
+            .expect("cluster names and WAL names make valid keys")
     }
 
-    /// Where timeline `tli` ended according to the repository's history files: the history
-    /// files of `tli + 1`, `tli + 2`, ... are read by exact key until one is missing (as
-    /// PostgreSQL looks for the newest timeline), and the earliest switch point out of `tli`
-    /// they record is returned; `None` when none records one.
+    /// Prefix under which the receiver's partial objects live.
+    pub fn receiver_prefix(&self) -> String {
+        format!("{}/receiver/", self.cluster)
+    }
+
+    /// The object at `key`, decompressed and verified: its header and raw bytes, `None` when
+    /// it does not exist.
+    pub async fn read_object(&self, key: &ObjectKey) -> Result<Option<(ObjectHeader, Vec<u8>)>, RepositoryError> {
+        let obj = match retry(self.retry, "read object", || read_all(self.storage.as_ref(), key)).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut raw = Vec::new();
+        let header = crate::codec::decompress(&obj[..], &mut raw)
+            .map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}")))?;
+        Ok(Some((header, raw)))
+    }
+
+    /// The parsed history file of timeline `tli`, `None` when it is not archived.
+    pub async fn history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, RepositoryError> {
+        let name = WalFileName::history(tli);
+        let Some((_, raw)) = self.read_object(&self.wal_key(&name)).await? else {
+            return Ok(None);
+        };
+        history::parse(tli, &raw).map(Some).map_err(|e| RepositoryError::Corrupt(format!("archived {name}: {e}")))
+    }
+
+    /// Where timeline `tli` ended according to the repository's history files (see
+    /// [`history::timeline_end`]).
     pub async fn timeline_end(&self, tli: TimelineId) -> Result<Option<Lsn>, RepositoryError> {
-        let mut later = Vec::new();
-        let mut next = tli.0;
-        while let Some(n) = next.checked_add(1) {
-            next = n;
-            let name = WalFileName::history(TimelineId(n));
-            let key = self.wal_key(&name);
-            let obj = match retry(self.retry, "read history file", || read_all(self.storage.as_ref(), &key)).await {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => break,
-                Err(e) => return Err(e.into()),
-            };
-            let mut raw = Vec::new();
-            crate::codec::decompress(&obj[..], &mut raw)
-                .map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}")))?;
-            later.push(
-                history::parse(TimelineId(n), &raw).map_err(|e| RepositoryError::Corrupt(format!("{key}: {e}")))?,
-            );
-        }
-        Ok(history::ended_at(tli, later.iter().map(Vec::as_slice)))
+        history::timeline_end(tli, |t| self.history(t)).await
     }
 
     /// Prefix under which all WAL objects live.

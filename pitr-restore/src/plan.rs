@@ -262,16 +262,7 @@ async fn usable_partial(
     let Some(partial) = src.receiver_partial(name).await? else {
         return Ok(None);
     };
-    let mut later = Vec::new();
-    let mut t = name.timeline.0;
-    while let Some(n) = t.checked_add(1) {
-        t = n;
-        match src.history(TimelineId(n)).await? {
-            Some(h) => later.push(h),
-            None => break,
-        }
-    }
-    let ended = history::ended_at(name.timeline, later.iter().map(Vec::as_slice));
+    let ended = history::timeline_end(name.timeline, |t| src.history(t)).await?;
     if ended.is_some_and(|end| end < Lsn((segno + 1) * size.bytes())) {
         tracing::info!(segment = %name, "the receiver's partial segment is of a timeline that ended: not used");
         return Ok(None);

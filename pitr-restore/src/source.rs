@@ -7,12 +7,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use common::codec;
 use common::exit::{Failure, FailureKind};
 use common::repository::Repository;
 use common::retry::retry;
-use common::storage::read_all;
-use common::wal::history::{self, HistoryEntry};
+use common::wal::history::HistoryEntry;
 use common::wal::record::{self, SegmentSummary};
 use common::wal::{TimelineId, WalFileKind, WalFileName};
 
@@ -53,18 +51,7 @@ impl RepoSource {
     }
 
     async fn read(&self, name: &WalFileName) -> Result<Option<Vec<u8>>, Failure> {
-        let key = self.repo.wal_key(name);
-        let storage = self.repo.storage().clone();
-        match retry(self.repo.retry_policy(), "read WAL object", || read_all(storage.as_ref(), &key)).await {
-            Ok(obj) => {
-                let mut out = Vec::new();
-                codec::decompress(&obj[..], &mut out)
-                    .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("{key} is damaged: {e}")))?;
-                Ok(Some(out))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.repo.read_object(&self.repo.wal_key(name)).await?.map(|(_, raw)| raw))
     }
 }
 
@@ -92,19 +79,9 @@ impl WalSource for RepoSource {
         // every upload, and in repository durability to every commit): it is read whole here,
         // once, at the end of the plan; compressed it is small (valid WAL, then zeros).
         let key = self.repo.receiver_partial_key(name);
-        let storage = self.repo.storage().clone();
-        let obj = match retry(self.repo.retry_policy(), "read the receiver's partial segment", || {
-            read_all(storage.as_ref(), &key)
-        })
-        .await
-        {
-            Ok(obj) => obj,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some((header, raw)) = self.repo.read_object(&key).await? else {
+            return Ok(None);
         };
-        let mut raw = Vec::new();
-        let header = codec::decompress(&obj[..], &mut raw)
-            .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("{key} is damaged: {e}")))?;
         let expected = name.with_kind(WalFileKind::Partial).to_string();
         if header.name != expected {
             return Err(Failure::msg(FailureKind::Corrupt, format!("{key} holds {:?}, not {expected:?}", header.name)));
@@ -118,13 +95,7 @@ impl WalSource for RepoSource {
     }
 
     async fn history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, Failure> {
-        let name = WalFileName::history(tli);
-        let Some(bytes) = self.read(&name).await? else {
-            return Ok(None);
-        };
-        history::parse(tli, &bytes)
-            .map(Some)
-            .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("archived {name}: {e}")))
+        Ok(self.repo.history(tli).await?)
     }
 
     async fn listed(&self) -> Result<Listing, Failure> {

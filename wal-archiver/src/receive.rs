@@ -913,16 +913,15 @@ pub async fn start_position(
             .filter(|&s| s <= server_seg)
             .max()
     };
-    if on_tli(&content.complete) > newest {
-        newest = on_tli(&content.complete);
+    let spooled = on_tli(&content.complete);
+    if spooled > newest {
+        newest = spooled;
         why = "after the newest segment in the spool";
     }
     // A segment being received when the receiver last stopped (its spool file, or its
     // partial object if the spool is gone): start again at its beginning, never after it.
-    let receiver_objects = {
-        let prefix = format!("{}/receiver/", repo.cluster());
-        retry(repo.retry_policy(), "list partial objects", || repo.storage().list(&prefix)).await?
-    };
+    let prefix = repo.receiver_prefix();
+    let receiver_objects = retry(repo.retry_policy(), "list partial objects", || repo.storage().list(&prefix)).await?;
     let partial_object = receiver_objects
         .iter()
         .filter_map(|o| {

@@ -9,7 +9,8 @@
 //!   spool); a conflict or an invalid segment stops the receiver.
 //! - The growing segment, every `partial-interval` (in repository durability: as soon as
 //!   more WAL is fsynced): compressed in the codec format and stored with overwrite under
-//!   [`partial_key`], a key of the receiver's own that `push` never writes.
+//!   [`Repository::receiver_partial_key`], a key of the receiver's own that `push` never
+//!   writes.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use common::lsn::Lsn;
 use common::repository::Repository;
 use common::retry::retry;
 use common::storage::local::temp_path;
-use common::storage::{Body, ObjectKey, PutMode};
+use common::storage::{Body, PutMode};
 use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -31,13 +32,6 @@ use tokio::task::JoinHandle;
 use crate::push;
 use crate::receive::{Durability, Positions, StopReason};
 use crate::receive_metrics::{ErrorKind, ReceiveMetrics};
-
-/// The key of the receiver's partial object for `name` (a `.partial` name):
-/// `<cluster>/receiver/<segment>.partial.zst`. Replaced as the segment grows, removed once
-/// the complete segment is stored.
-pub fn partial_key(repo: &Repository, name: &WalFileName) -> ObjectKey {
-    repo.receiver_partial_key(name)
-}
 
 /// Work for the uploader.
 #[derive(Debug)]
@@ -228,7 +222,7 @@ impl State {
                 }
                 if let Some(name) = name.filter(|n| matches!(n.kind, WalFileKind::Segment | WalFileKind::Partial)) {
                     s.metrics.segment_stored();
-                    let key = partial_key(&s.repo, &name);
+                    let key = s.repo.receiver_partial_key(&name);
                     match retry(s.repo.retry_policy(), "remove partial object", || s.repo.storage().delete(&key)).await
                     {
                         Ok(()) => {}
@@ -296,7 +290,7 @@ impl State {
         if !compressed {
             return Ok(());
         }
-        let key = partial_key(&s.repo, &name);
+        let key = s.repo.receiver_partial_key(&name);
         retry(s.repo.retry_policy(), "store partial segment", || {
             s.repo.storage().put(&key, Body::File(tmp.0.clone()), PutMode::Overwrite)
         })

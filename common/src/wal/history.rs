@@ -68,6 +68,26 @@ pub fn ended_at<'a>(timeline: TimelineId, later: impl IntoIterator<Item = &'a [H
     later.into_iter().flatten().filter(|e| e.parent == timeline).map(|e| e.switch_point).min()
 }
 
+/// Where `timeline` ended: [`ended_at`] over the history files of `timeline + 1`,
+/// `timeline + 2`, ... as `read` returns them, read until one is missing (as PostgreSQL looks
+/// for the newest timeline).
+pub async fn timeline_end<F, Fut, E>(timeline: TimelineId, mut read: F) -> Result<Option<Lsn>, E>
+where
+    F: FnMut(TimelineId) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<HistoryEntry>>, E>>,
+{
+    let mut later = Vec::new();
+    let mut t = timeline.0;
+    while let Some(n) = t.checked_add(1) {
+        t = n;
+        match read(TimelineId(n)).await? {
+            Some(h) => later.push(h),
+            None => break,
+        }
+    }
+    Ok(ended_at(timeline, later.iter().map(Vec::as_slice)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
