@@ -25,11 +25,12 @@ use common::exit::Failure;
 use crate::cli::{Cli, Command};
 
 /// Runs one command to completion on a small multi-threaded runtime (uploads and downloads
-/// overlap with the socket reader; compression has its own threads).
+/// overlap with the socket reader; compression has its own threads), as a task on the
+/// runtime's workers (see [`common::cmdline::run_as_task`]).
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
     let rt = common::cmdline::runtime(2)?;
-    rt.block_on(async {
+    common::cmdline::run_as_task(&rt, async move {
         match cli.command {
             Command::Create { label, fast: _, spread, wal_timeout } => {
                 let conninfo = cli.dbname.clone().or_else(|| config.dbname.clone()).unwrap_or_default();

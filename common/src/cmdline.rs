@@ -26,3 +26,19 @@ pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, Failure> {
         .build()
         .map_err(|e| Failure::new(FailureKind::LocalIo, e))
 }
+
+/// Runs `fut` to completion as a task on `rt`'s worker threads. A future run by `block_on`
+/// lives on the main thread, which does not drive the runtime's I/O: every time its socket
+/// becomes readable, the worker waiting on epoll wakes the main thread (two context switches
+/// per read). Measured on a scale-200 base backup: 2.8 s of system CPU with `block_on`, 1.0 s
+/// as a task, and 30% less wall time.
+pub fn run_as_task<F>(rt: &tokio::runtime::Runtime, fut: F) -> Result<(), Failure>
+where
+    F: std::future::Future<Output = Result<(), Failure>> + Send + 'static,
+{
+    rt.block_on(async {
+        tokio::spawn(fut)
+            .await
+            .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("the command's task failed: {e}")))?
+    })
+}

@@ -27,11 +27,12 @@ use common::exit::{Failure, FailureKind};
 
 use crate::cli::{Cli, Command};
 
-/// Runs the command line to completion.
+/// Runs the command line to completion, as a task on the runtime's workers (see
+/// [`common::cmdline::run_as_task`]).
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
     let rt = common::cmdline::runtime(2)?;
-    rt.block_on(async {
+    common::cmdline::run_as_task(&rt, async move {
         match cli.command {
             Some(Command::Plan { target, json }) => {
                 let t = target.target()?;

@@ -78,5 +78,6 @@ fn run_receive(config: &Config, command: Command) -> Result<(), Failure> {
         metrics_listen: metrics_listen.or(config.metrics_listen),
     };
     let rt = common::cmdline::runtime(3)?;
-    rt.block_on(receive::receive(config, opts))
+    let config = config.clone();
+    common::cmdline::run_as_task(&rt, async move { receive::receive(&config, opts).await })
 }

@@ -438,7 +438,8 @@ impl Receiver {
             // The first message of a batch: wait for it (or for the stop).
             let first = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s != StopReason::Running), if !stop_sent => {
+                // (The watch guard is dropped at once: it must not live across the awaits below.)
+                _ = async { drop(stop.wait_for(|s| *s != StopReason::Running).await) }, if !stop_sent => {
                     // Final status (everything is fsynced already), then CopyDone; keep
                     // reading what the server still sends until its CopyDone.
                     stop_sent = true;
