@@ -321,6 +321,56 @@ pub fn decompress<R: Read, W: Write>(src: R, dst: &mut W) -> Result<ObjectHeader
     Ok(header)
 }
 
+/// How [`decompress_in_memory`] checks the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentCheck {
+    /// Size, zstd frame checksum and BLAKE3 digest (what `get` and `verify` do).
+    Digest,
+    /// Size and the zstd frame's own checksum (XXH64 of the content, checked while
+    /// decompressing), without the BLAKE3 pass: for callers that check the content again
+    /// themselves (a restore checks every file's CRC-32C against the backup manifest). A
+    /// frame written without a checksum still gets the BLAKE3 check.
+    FrameChecksum,
+}
+
+/// Objects announcing more raw bytes than this decompress through the stream (a damaged
+/// header must not reserve a huge buffer; backup chunks hold 16 MiB).
+const MAX_IN_MEMORY: u64 = 64 << 20;
+
+/// Decompresses a whole object held in memory into `raw` (cleared first; its capacity is
+/// reused) in one zstd call, verifying size and content as `check` says. No intermediate
+/// buffer: zstd writes straight into `raw`, where the streaming [`decompress`] copies every
+/// byte twice more (measured: 7% of a restore's CPU). On error `raw` holds garbage.
+pub fn decompress_in_memory(obj: &[u8], raw: &mut Vec<u8>, check: ContentCheck) -> Result<ObjectHeader, CodecError> {
+    raw.clear();
+    let len = header_len(obj)?;
+    let header = ObjectHeader::decode(obj.get(..len).unwrap_or(obj))?;
+    if header.raw_size > MAX_IN_MEMORY {
+        return decompress(obj, raw);
+    }
+    let frame = &obj[len..];
+    raw.reserve_exact(header.raw_size as usize);
+    let mut dctx = zstd::bulk::Decompressor::new()?;
+    // Content larger than announced does not fit: zstd stops with an error, as on damage.
+    dctx.decompress_to_buffer(frame, raw).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    if raw.len() as u64 != header.raw_size {
+        return Err(CodecError::Mismatch {
+            what: "size",
+            expected: header.raw_size.to_string(),
+            actual: raw.len().to_string(),
+        });
+    }
+    // Frame header descriptor, after the 4-byte magic: bit 2 = content checksum present.
+    let frame_checked = frame.len() > 4 && frame[4] & 0x04 != 0;
+    if check == ContentCheck::Digest || !frame_checked {
+        let digest = blake3::hash(raw).to_hex().to_string();
+        if digest != header.blake3 {
+            return Err(CodecError::Mismatch { what: "digest", expected: header.blake3, actual: digest });
+        }
+    }
+    Ok(header)
+}
+
 /// Size and BLAKE3 digest of everything `src` yields.
 pub fn digest<R: Read>(src: &mut R) -> io::Result<(u64, String)> {
     let mut hasher = blake3::Hasher::new();
@@ -431,6 +481,41 @@ mod tests {
         // not an object at all
         assert!(matches!(decompress(&data[..], &mut Vec::new()), Err(CodecError::BadHeader(_))));
         assert!(matches!(decompress(&b""[..], &mut Vec::new()), Err(CodecError::BadHeader(_))));
+    }
+
+    #[test]
+    fn in_memory_decompression_checks_like_the_stream() {
+        let data = sample(3 << 20);
+        let (obj, h) = pack(&data, CompressOptions::default());
+        for check in [ContentCheck::Digest, ContentCheck::FrameChecksum] {
+            let mut raw = vec![9u8; 100];
+            assert_eq!(decompress_in_memory(&obj, &mut raw, check).unwrap(), h);
+            assert_eq!(raw, data);
+            // a flipped byte in the body fails the frame (its checksum or its structure)
+            let mut bad = obj.clone();
+            let mid = HEADER_LEN + (bad.len() - HEADER_LEN) / 2;
+            bad[mid] ^= 0x55;
+            assert!(decompress_in_memory(&bad, &mut raw, check).is_err(), "{check:?}");
+            // truncated, or content larger than the header says
+            assert!(decompress_in_memory(&obj[..obj.len() - 10], &mut raw, check).is_err());
+            let (other, _) = pack(&sample(1 << 19), CompressOptions::default());
+            let mut swapped = obj.clone();
+            swapped[..HEADER_LEN].copy_from_slice(&other[..HEADER_LEN]);
+            assert!(decompress_in_memory(&swapped, &mut raw, check).is_err());
+            assert!(matches!(decompress_in_memory(&data, &mut raw, check), Err(CodecError::BadHeader(_))));
+        }
+        // A frame without a checksum of other content of the same size: only the digest can
+        // tell, so it is checked whatever the caller asked.
+        let mut other = data.clone();
+        other[12345] ^= 1;
+        let mut forged = obj[..HEADER_LEN].to_vec();
+        forged.extend_from_slice(&zstd::bulk::compress(&other, 3).unwrap());
+        for check in [ContentCheck::Digest, ContentCheck::FrameChecksum] {
+            assert!(matches!(
+                decompress_in_memory(&forged, &mut Vec::new(), check),
+                Err(CodecError::Mismatch { what: "digest", .. })
+            ));
+        }
     }
 
     use crate::lsn::Lsn;
