@@ -208,6 +208,7 @@ impl RestoreArgs {
             timeout: Duration::from_secs(self.start_timeout),
             smoke_query: self.smoke_query.clone(),
             conninfo: self.dbname.clone(),
+            promote_when_paused: false,
         })
     }
 }

@@ -23,6 +23,25 @@ pub struct DrillOptions {
     /// Connection string for the checks [default: the server's socket and port from
     /// postmaster.pid, database postgres].
     pub conninfo: Option<String>,
+    /// The settings make recovery pause at the target although the target's action is
+    /// `promote`: promote the paused server with `pg_ctl promote` (see [`fast_promotion`]).
+    pub promote_when_paused: bool,
+}
+
+/// Whether `--start` promotes the server itself once it paused at the target, instead of
+/// letting recovery promote it: then the settings say `recovery_target_action = 'pause'`
+/// (and `hot_standby = on`, without which a pause is a shutdown). PostgreSQL ends recovery
+/// that reached a target with an immediate checkpoint that the server waits for (and behind
+/// any restartpoint in progress), but a promotion requested while paused is a fast promotion:
+/// an end-of-recovery record, writable at once, the checkpoint in the background, as when a
+/// standby is promoted. Measured on a scale-200 PITR: 0.9 s from "redo done" to ready with
+/// the target action, the checkpoint 0.14 s of it and the rest waiting for a restartpoint.
+/// Not with an explicit `--set hot_standby=...` (the operator's setting is kept).
+pub fn fast_promotion(target: &Target, start: bool, set: &[(String, String)]) -> bool {
+    start
+        && target.kind != TargetKind::Latest
+        && target.action == Action::Promote
+        && !set.iter().any(|(k, _)| k.eq_ignore_ascii_case("hot_standby"))
 }
 
 /// What the drill saw.
@@ -86,6 +105,26 @@ async fn query(params: &ConnParams, sql: &str) -> Result<Vec<Option<String>>, co
     Ok(rs.last().and_then(|r| r.rows.first().cloned()).unwrap_or_default())
 }
 
+/// `pg_ctl promote` without waiting (the caller polls).
+async fn promote(data: &Path, ctl: &Path) -> Result<(), Failure> {
+    let out = tokio::process::Command::new(ctl)
+        .arg("-D")
+        .arg(data)
+        .args(["-W", "promote"])
+        .output()
+        .await
+        .map_err(|e| server(format!("cannot run {}: {e}", ctl.display())))?;
+    if !out.status.success() {
+        return Err(server(format!(
+            "recovery paused at the target, but {} promote failed: {} (the server is still running, paused)",
+            ctl.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tracing::info!("recovery paused at the target: promoting");
+    Ok(())
+}
+
 /// Starts the server on `data` and waits until it reached `target`.
 pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<DrillReport, Failure> {
     if rustix::process::geteuid().is_root() {
@@ -113,6 +152,7 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
     let action = if target.kind == TargetKind::Latest { Action::Promote } else { target.action };
     let deadline = started + opts.timeout;
     let mut seen_pid = false;
+    let mut promote_sent = false;
     loop {
         // Every 0.1 s: each poll is one short connection, and the time to a promoted server is
         // what an operator waits for during an incident.
@@ -172,6 +212,11 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
         };
         let in_recovery = state.first().cloned().flatten().as_deref() == Some("true");
         let paused = state.get(1).cloned().flatten().as_deref() == Some("paused");
+        if action == Action::Promote && opts.promote_when_paused && in_recovery && paused && !promote_sent {
+            promote(data, &ctl).await?;
+            promote_sent = true;
+            continue;
+        }
         let reached = match action {
             Action::Promote => !in_recovery,
             Action::Pause => in_recovery && paused,

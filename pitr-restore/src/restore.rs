@@ -18,7 +18,7 @@ use crate::extract;
 use crate::plan::{make_plan, Plan};
 use crate::recovery_conf;
 use crate::source::RepoSource;
-use crate::target::Target;
+use crate::target::{Action, Target};
 
 /// Everything `pitr-restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -251,17 +251,31 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
             return Err(f);
         }
     }
+    let fast = drill::fast_promotion(&opts.target, opts.start.is_some(), &opts.set);
     let written = async {
         let stats = extract::extract(&repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs).await?;
         remap_tablespaces(&opts.pgdata, &opts.tablespace_map)?;
         let command = recovery_conf::restore_command(&wal_archiver, config, opts.config_file.as_deref());
-        let lines = recovery_conf::settings(&command, &opts.target, plan.timeline, &opts.set);
-        let header = format!(
+        let lines = if fast {
+            let paused = Target { action: Action::Pause, ..opts.target.clone() };
+            let mut set = vec![("hot_standby".to_string(), "on".to_string())];
+            set.extend(opts.set.iter().cloned());
+            recovery_conf::settings(&command, &paused, plan.timeline, &set)
+        } else {
+            recovery_conf::settings(&command, &opts.target, plan.timeline, &opts.set)
+        };
+        let mut header = format!(
             "Recovery settings written by pitr-restore {}: backup {}, target {}",
             env!("CARGO_PKG_VERSION"),
             backup.id,
             plan.target
         );
+        if fast {
+            header.push_str(
+                "\n# (action promote: recovery pauses at the target and pitr-restore --start promotes the server, a fast \
+                 promotion; if it was interrupted, run pg_ctl promote)",
+            );
+        }
         recovery_conf::write(&opts.pgdata, &header, &lines)?;
         for (d, _) in &dirs {
             extract::sync_filesystem(d)?;
@@ -295,7 +309,8 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
         );
         return Ok(());
     };
-    let report = drill::run(&opts.pgdata, &opts.target, drill_opts).await?;
+    let drill_opts = DrillOptions { promote_when_paused: fast, ..drill_opts.clone() };
+    let report = drill::run(&opts.pgdata, &opts.target, &drill_opts).await?;
     println!(
         "server {} after {:.1} s of recovery; total time {:.1} s; last transaction recovered: {}; smoke query: {}; log: {}",
         report.state,

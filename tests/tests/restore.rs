@@ -187,6 +187,14 @@ fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Ma
     let (s, r) = restore_and_start(repo, &format!("{label}-time"), &["--target-time", &m.t]);
     assert_eq!(s.markers(), "A", "restore to T: {r:#?}");
     assert!(r.stdout.contains("server promoted") && r.stdout.contains("last transaction recovered"), "{r:#?}");
+    // Fast promotion: paused at the target, then promoted by pitr-restore, without the
+    // end-of-recovery checkpoint that the promote action waits for.
+    let log = server_log(&s.data);
+    assert!(log.contains("received promote request"), "{log}");
+    assert!(!log.contains("end-of-recovery immediate wait"), "{log}");
+    let auto = std::fs::read_to_string(s.data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("recovery_target_action = 'pause'") && auto.contains("pg_ctl promote"), "{auto}");
+    s.sql("CREATE TABLE written_after_promotion (x int)");
     drop(s);
 
     let (s, _) = restore_and_start(repo, &format!("{label}-latest"), &[]);
@@ -209,8 +217,12 @@ fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Ma
     drop(s);
 
     if all {
-        let (s, _) = restore_and_start(repo, &format!("{label}-lsn"), &["--target-lsn", &m.lsn]);
+        // The operator's own hot_standby setting: the server promotes itself at the target.
+        let (s, _) =
+            restore_and_start(repo, &format!("{label}-lsn"), &["--target-lsn", &m.lsn, "--set", "hot_standby=on"]);
         assert_eq!(s.markers(), "A", "restore to L");
+        let log = server_log(&s.data);
+        assert!(log.contains("end-of-recovery immediate wait") && !log.contains("received promote request"), "{log}");
         drop(s);
         let (s, _) = restore_and_start(repo, &format!("{label}-xid"), &["--target-xid", &m.xid_a]);
         assert_eq!(s.markers(), "A", "restore to A's xid");
@@ -234,7 +246,9 @@ fn local_point_in_time_restores_timelines_and_refusals() {
 
     // Timelines: restore to T and promote (timeline 2), keep writing and archiving there.
     let (tl2, _) = restore_and_start_archiving(&repo, "pitr-tl2", &["--target-time", &m.t]);
-    assert_eq!(tl2.sql("SELECT timeline_id FROM pg_control_checkpoint()"), "2");
+    // The timeline it writes on (after a fast promotion the control file's last checkpoint
+    // is still the one of timeline 1 until the background checkpoint completes).
+    assert_eq!(tl2.sql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), "00000002");
     tl2.sql("INSERT INTO marks (name) VALUES ('D')");
     std::thread::sleep(Duration::from_millis(1100));
     let t2 = tl2.sql("SELECT clock_timestamp()");
