@@ -483,26 +483,12 @@ mod tests {
     use common::retry::RetryPolicy;
     use common::storage::memory::MemoryStorage;
     use common::storage::{read_all, Storage};
-
-    pub(crate) fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..108].copy_from_slice(b"0000600\0");
-        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
+    use common::tar::testing::file as tar_file;
 
     fn archive(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
         let mut t = Vec::new();
         for (n, d) in files {
-            member(&mut t, n, d);
+            tar_file(&mut t, n, d);
         }
         t.extend_from_slice(&[0u8; 1024]);
         t

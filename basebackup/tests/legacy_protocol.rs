@@ -13,25 +13,11 @@ use common::codec::{self, CompressOptions};
 use common::config::{Config, RepoArgs};
 use common::exit::FailureKind;
 use common::storage::{read_all, Body, ObjectKey, PutMode, Storage};
+use common::tar::testing::file as tar_file;
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000600\0");
-    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-    h[156] = b'0';
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-}
 
 fn manifest(files: &[(&str, &[u8])], bad_crc_for: Option<&str>) -> Vec<u8> {
     let mut m = String::from("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n");
@@ -199,11 +185,11 @@ async fn setup(bad_crc_for: Option<&str>) -> Setup {
     let ts_file = vec![9u8; 3000];
     let rel = vec![5u8; 20_000];
     let mut tablespace_tar = Vec::new();
-    member(&mut tablespace_tar, "PG_14_202107181/16384/16390", &ts_file);
+    tar_file(&mut tablespace_tar, "PG_14_202107181/16384/16390", &ts_file);
     let mut base_tar = Vec::new();
-    member(&mut base_tar, "backup_label", b"START WAL LOCATION: 0/3000028\n");
-    member(&mut base_tar, "base/1/1259", &rel);
-    member(&mut base_tar, "global/pg_control", &[1u8; 8192]);
+    tar_file(&mut base_tar, "backup_label", b"START WAL LOCATION: 0/3000028\n");
+    tar_file(&mut base_tar, "base/1/1259", &rel);
+    tar_file(&mut base_tar, "global/pg_control", &[1u8; 8192]);
     let files: [(&str, &[u8]); 4] = [
         ("backup_label", b"START WAL LOCATION: 0/3000028\n"),
         ("base/1/1259", &rel),

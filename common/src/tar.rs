@@ -483,12 +483,14 @@ impl TarVisitor for FileDigests {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// Building tar archives as PostgreSQL writes them, for tests (here and in the crates that
+/// restore or stream backups).
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing {
+    use super::{padding_for, BLOCK};
 
     /// A ustar header block like PostgreSQL's `tarCreateHeader`.
-    pub(crate) fn header(name: &[u8], typeflag: u8, size: u64) -> [u8; BLOCK] {
+    pub fn header(name: &[u8], typeflag: u8, size: u64) -> [u8; BLOCK] {
         let mut h = [0u8; BLOCK];
         h[..name.len()].copy_from_slice(name);
         h[100..108].copy_from_slice(b"0000600\0");
@@ -510,11 +512,23 @@ pub(crate) mod tests {
         h
     }
 
-    pub(crate) fn member(out: &mut Vec<u8>, name: &[u8], typeflag: u8, data: &[u8]) {
+    pub fn member(out: &mut Vec<u8>, name: &[u8], typeflag: u8, data: &[u8]) {
         out.extend_from_slice(&header(name, typeflag, data.len() as u64));
         out.extend_from_slice(data);
         out.resize(out.len() + padding_for(data.len() as u64) as usize, 0);
     }
+
+    /// A regular file member.
+    pub fn file(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+        member(out, name.as_bytes(), b'0', data);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    use super::testing::{header, member};
 
     pub(crate) fn sample_archive() -> Vec<u8> {
         let mut t = Vec::new();

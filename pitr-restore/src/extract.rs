@@ -438,3 +438,79 @@ pub fn sync_filesystem(dir: &Path) -> Result<(), Failure> {
     let f = File::open(dir).map_err(|e| local(format!("cannot open {} to sync it: {e}", dir.display())))?;
     rustix::fs::syncfs(&f).map_err(|e| local(format!("cannot sync the file system of {}: {e}", dir.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use common::codec::CompressOptions;
+    use common::retry::RetryPolicy;
+    use common::storage::memory::MemoryStorage;
+    use common::storage::{Body, PutMode, Storage};
+    use common::tar::testing::file as tar_file;
+
+    const ID: &str = "20261202T120000Z";
+
+    /// Stores `tar` as `base.tar` of backup [`ID`] in chunks of `chunk` bytes.
+    async fn store(repo: &Repository, tar: &[u8], chunk: usize) -> ArchiveEntry {
+        let mut n = 0;
+        for piece in tar.chunks(chunk) {
+            let mut out = std::io::Cursor::new(Vec::new());
+            let name = format!("{ID}/base.tar/{n:06}");
+            codec::compress(piece, &mut std::io::empty(), &mut out, &name, None, CompressOptions::default()).unwrap();
+            let key = ObjectKey::new(catalog::chunk_key(repo.cluster(), ID, "base.tar", n)).unwrap();
+            repo.storage().put(&key, Body::Bytes(Bytes::from(out.into_inner())), PutMode::CreateNew).await.unwrap();
+            n += 1;
+        }
+        ArchiveEntry {
+            name: "base.tar".into(),
+            tablespace_oid: None,
+            tablespace_path: None,
+            chunks: n,
+            raw_bytes: tar.len() as u64,
+            stored_bytes: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_spanning_chunks_are_written_whole_and_digested() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = Repository::new(storage, "main", RetryPolicy::with_retries(0));
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let mut tar = Vec::new();
+        tar_file(&mut tar, "PG_VERSION", b"15\n");
+        tar_file(&mut tar, "base/5/16396", &big);
+        tar_file(&mut tar, "base/5/empty", b"");
+        tar_file(&mut tar, "global/pg_control", &[7u8; 8192]);
+        tar.extend_from_slice(&[0u8; 1024]);
+        // 7 KiB chunks: headers and file data cross chunk boundaries everywhere.
+        let a = store(&repo, &tar, 7 << 10).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (files, stats) = extract_archive(&repo, ID, &a, dir.path(), 3).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("base/5/16396")).unwrap(), big);
+        assert_eq!(fs::read(dir.path().join("PG_VERSION")).unwrap(), b"15\n");
+        assert_eq!(fs::read(dir.path().join("base/5/empty")).unwrap(), b"");
+        assert_eq!(fs::read(dir.path().join("global/pg_control")).unwrap(), vec![7u8; 8192]);
+        assert_eq!(
+            files[&b"base/5/16396".to_vec()],
+            FileDigest { size: big.len() as u64, crc32c: crc32c::crc32c(&big) }
+        );
+        assert_eq!((stats.files, stats.bytes, stats.chunks), (4, (3 + big.len() + 8192) as u64, a.chunks as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_cannot_be_created_fails_the_restore() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = Repository::new(storage, "main", RetryPolicy::with_retries(0));
+        let mut tar = Vec::new();
+        tar_file(&mut tar, "base/5/1", &[1u8; 20_000]);
+        tar_file(&mut tar, "base/5/2", &[2u8; 20_000]);
+        tar.extend_from_slice(&[0u8; 1024]);
+        let a = store(&repo, &tar, 4096).await;
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("base/5/2")).unwrap();
+        let e = extract_archive(&repo, ID, &a, dir.path(), 2).await.unwrap_err();
+        assert_eq!(e.kind, FailureKind::LocalIo, "{e}");
+        assert!(e.to_string().contains("cannot create") && e.to_string().contains("base/5/2"), "{e}");
+    }
+}
