@@ -60,20 +60,26 @@ pub fn take(spool: &Path, wal: &WalFileName, dest: &Path) -> bool {
 }
 
 /// Starts a worker to fetch the segments after `wal` (just restored to `restored`), unless
-/// one is running. The next segments are marked in flight before the worker starts, so the
-/// next `get` waits for the worker instead of racing it.
+/// one is running or at least half of the next `prefetch` segments are in the spool already:
+/// a worker then fetches several segments at once instead of one per `get` (each worker is a
+/// process start and a repository connection, and PostgreSQL waits for `get` to exit while it
+/// starts one). The next segments are marked in flight before the worker starts, so the next
+/// `get` waits for the worker instead of racing it.
 pub fn kick(config: &Config, spool: &Path, wal: &WalFileName, restored: &Path) {
     if fs::create_dir_all(spool).is_err() || worker::running(spool) {
         return;
     }
     let size = fs::metadata(restored).ok().and_then(|m| WalSegmentSize::new(m.len()).ok());
-    if let Some(segno) = size.and_then(|s| wal.segment_number(s).ok().flatten()) {
-        for i in 1..=u64::from(config.prefetch) {
-            let name =
-                WalFileName::segment(wal.timeline, segno + i, size.unwrap_or(WalSegmentSize::DEFAULT)).to_string();
-            if !spool.join(&name).exists() {
-                let _ = File::create(inflight_marker(spool, &name));
-            }
+    if let Some((segno, size)) = size.and_then(|s| Some((wal.segment_number(s).ok().flatten()?, s))) {
+        let missing: Vec<String> = (1..=u64::from(config.prefetch))
+            .map(|i| WalFileName::segment(wal.timeline, segno + i, size).to_string())
+            .filter(|name| !spool.join(name).exists())
+            .collect();
+        if missing.len() * 2 < config.prefetch as usize {
+            return;
+        }
+        for name in &missing {
+            let _ = File::create(inflight_marker(spool, name));
         }
     }
     let after = wal.to_string();
@@ -167,5 +173,36 @@ fn clean(spool: &Path, after: &WalFileName, after_segno: u64, size: WalSegmentSi
         {
             let _ = fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_worker_while_half_of_the_window_is_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = common::config::RepoArgs { repo: Some("/nonexistent".into()), ..Default::default() };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.prefetch, 8);
+        let spool = dir.path().join(".pitr-prefetch");
+        fs::create_dir_all(&spool).unwrap();
+        let restored = dir.path().join("RECOVERYXLOG");
+        File::create(&restored).unwrap().set_len(16 << 20).unwrap();
+        let wal = WalFileName::parse("000000010000000000000010").unwrap();
+        // Segments 0x11..=0x15 ready: 3 of the next 8 are missing, fewer than half the
+        // window, which is not yet worth a worker.
+        for n in 0x11..=0x15u64 {
+            File::create(spool.join(WalFileName::segment(wal.timeline, n, WalSegmentSize::DEFAULT).to_string()))
+                .unwrap();
+        }
+        kick(&config, &spool, &wal, &restored);
+        let markers = fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".inflight"))
+            .count();
+        assert_eq!(markers, 0, "no worker was started, no segment marked in flight");
     }
 }
