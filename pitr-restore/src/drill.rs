@@ -153,9 +153,10 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
     let deadline = started + opts.timeout;
     let mut seen_pid = false;
     let mut promote_sent = false;
+    let mut poll: Option<Connection> = None;
     loop {
-        // Every 0.1 s: each poll is one short connection, and the time to a promoted server is
-        // what an operator waits for during an incident.
+        // Every 0.1 s: the time to a promoted server is what an operator waits for during an
+        // incident.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let pid_file = data.join("postmaster.pid").exists();
         seen_pid |= pid_file;
@@ -198,15 +199,28 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
         let params = ConnParams::parse(&conninfo)
             .map_err(|e| Failure::msg(FailureKind::Config, format!("--dbname: {e}")))?
             .with_fallback_application_name("pitr-restore");
-        let state = match query(
-            &params,
-            "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END",
-        )
-        .await
+        // One connection for all polls (a new one every 0.1 s is a backend fork each time,
+        // on the two cores that the replay needs); reconnect after any error.
+        if poll.is_none() {
+            match Connection::connect(&params).await {
+                Ok(c) => poll = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "server not ready yet");
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = poll.as_mut() else { continue };
+        let state = match conn
+            .simple_query(
+                "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END",
+            )
+            .await
         {
-            Ok(row) => row,
+            Ok(rs) => rs.last().and_then(|r| r.rows.first().cloned()).unwrap_or_default(),
             Err(e) => {
                 tracing::debug!(error = %e, "server not ready yet");
+                poll = None;
                 continue;
             }
         };
@@ -226,6 +240,9 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
             continue;
         }
         let recovery = started.elapsed();
+        if let Some(c) = poll.take() {
+            let _ = c.terminate().await;
+        }
         let last = query(&params, "SELECT pg_last_xact_replay_timestamp()::text")
             .await
             .map_err(|e| server(format!("after recovery: {e}")))?;
