@@ -102,7 +102,12 @@ async fn query(params: &ConnParams, sql: &str) -> Result<Vec<Option<String>>, co
     let mut c = Connection::connect(params).await?;
     let rs = c.simple_query(sql).await?;
     let _ = c.terminate().await;
-    Ok(rs.last().and_then(|r| r.rows.first().cloned()).unwrap_or_default())
+    Ok(first_row(&rs))
+}
+
+/// The first row of a query's last result set (empty when there is none).
+fn first_row(rs: &[common::pgwire::ResultSet]) -> Vec<Option<String>> {
+    rs.last().and_then(|r| r.rows.first().cloned()).unwrap_or_default()
 }
 
 /// `pg_ctl promote` without waiting (the caller polls).
@@ -217,7 +222,7 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
             )
             .await
         {
-            Ok(rs) => rs.last().and_then(|r| r.rows.first().cloned()).unwrap_or_default(),
+            Ok(rs) => first_row(&rs),
             Err(e) => {
                 tracing::debug!(error = %e, "server not ready yet");
                 poll = None;
