@@ -32,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use common::catalog::{self, ArchiveEntry, BackupEntry};
-use common::codec::{self, ContentCheck};
+use common::codec::{self, AlignedBuf, ContentCheck};
 use common::exit::{Failure, FailureKind};
 use common::manifest::Manifest;
 use common::repository::Repository;
@@ -49,13 +49,16 @@ const SYNC_QUEUE: usize = 8;
 /// Pieces of files that may wait for the writer thread (each holds its chunk's buffer).
 const WRITE_QUEUE: usize = 2;
 
+/// Files at least this large are written with `O_DIRECT` where the file system allows it.
+const DIRECT_MIN: u64 = 1 << 20;
+
 /// Raw chunk buffers, back from the writer once every piece of them is written.
-type BufferPool = Arc<Mutex<Vec<Vec<u8>>>>;
+type BufferPool = Arc<Mutex<Vec<AlignedBuf>>>;
 
 /// A raw chunk shared by the pieces of files it holds; its buffer goes back to the pool when
 /// the last piece is written.
 struct Chunk {
-    raw: Vec<u8>,
+    raw: AlignedBuf,
     pool: BufferPool,
 }
 
@@ -66,45 +69,108 @@ impl Drop for Chunk {
     }
 }
 
+/// A file being restored: written through the page cache, or for its aligned parts with
+/// `O_DIRECT` (straight from the chunk buffer to the disk, no copy into the page cache: the
+/// copy was the writer thread's whole cost, and the data needs no caching, since recovery
+/// replays full-page images over the pages it changes first).
+struct OutFile {
+    file: File,
+    direct: Option<Direct>,
+}
+
+/// A second descriptor of the same file opened with `O_DIRECT`, and the alignments its file
+/// system asks of such writes (`statx` `STATX_DIOALIGN`).
+struct Direct {
+    file: File,
+    mem_align: usize,
+    offset_align: u64,
+}
+
+impl OutFile {
+    /// Opens the `O_DIRECT` descriptor of `path` (already created as `file`) when the file
+    /// system supports it; otherwise every write goes through `file`.
+    fn new(file: File, path: &Path, direct: bool) -> OutFile {
+        let direct = direct.then(|| Direct::open(path)).flatten();
+        OutFile { file, direct }
+    }
+
+    /// Writes `bytes` at `offset`: the aligned part directly, the rest (a file's unaligned
+    /// end) through the page cache. Returns the bytes written directly.
+    fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.direct.as_ref().map_or(0, |d| d.aligned_len(bytes, offset));
+        if n > 0 {
+            self.direct.as_ref().map_or(Ok(()), |d| d.file.write_all_at(&bytes[..n], offset))?;
+        }
+        if n < bytes.len() {
+            self.file.write_all_at(&bytes[n..], offset + n as u64)?;
+        }
+        Ok(n)
+    }
+}
+
+impl Direct {
+    fn open(path: &Path) -> Option<Direct> {
+        use rustix::fs::{statx, AtFlags, OFlags, StatxFlags, CWD};
+        let file = OpenOptions::new().write(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path).ok()?;
+        let st = statx(CWD, path, AtFlags::empty(), StatxFlags::DIOALIGN).ok()?;
+        if st.stx_mask & StatxFlags::DIOALIGN.bits() == 0 || st.stx_dio_mem_align == 0 || st.stx_dio_offset_align == 0 {
+            return None; // no direct I/O on this file system
+        }
+        Some(Direct { file, mem_align: st.stx_dio_mem_align as usize, offset_align: st.stx_dio_offset_align as u64 })
+    }
+
+    /// How many bytes at the start of `bytes` can be written directly at `offset`.
+    fn aligned_len(&self, bytes: &[u8], offset: u64) -> usize {
+        if !(bytes.as_ptr() as usize).is_multiple_of(self.mem_align) || !offset.is_multiple_of(self.offset_align) {
+            return 0;
+        }
+        bytes.len() - bytes.len() % self.offset_align as usize
+    }
+}
+
 /// What the parser asks of the writer thread, in stream order.
 enum WriteOp {
     /// Write `chunk.raw[range]` at `offset` of `file`.
-    Piece { file: Arc<File>, offset: u64, chunk: Arc<Chunk>, range: std::ops::Range<usize> },
+    Piece { file: Arc<OutFile>, offset: u64, chunk: Arc<Chunk>, range: std::ops::Range<usize> },
     /// Bytes not held by a chunk (never for file data read from a chunk; kept for safety).
-    Owned { file: Arc<File>, offset: u64, bytes: Vec<u8> },
+    Owned { file: Arc<OutFile>, offset: u64, bytes: Vec<u8> },
     /// Flush what was written to `file` so far (handed to the syncer thread).
-    Sync(Arc<File>),
+    Sync(Arc<OutFile>),
 }
 
 /// The writer thread: writes pieces in order, passes sync requests on once the writes before
-/// them are done.
-fn writer(rx: mpsc::Receiver<WriteOp>, syncer: &Syncer, root: &Path) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
+/// them are done. Returns the bytes written with `O_DIRECT`.
+fn writer(rx: mpsc::Receiver<WriteOp>, syncer: &Syncer, root: &Path) -> Result<u64, String> {
     let io = |e: std::io::Error| format!("cannot write under {}: {e}", root.display());
+    let mut direct = 0u64;
     for op in rx {
-        match op {
+        direct += match op {
             WriteOp::Piece { file, offset, chunk, range } => {
-                file.write_all_at(&chunk.raw[range], offset).map_err(io)?;
+                file.write_at(&chunk.raw.as_slice()[range], offset).map_err(io)?
             }
-            WriteOp::Owned { file, offset, bytes } => file.write_all_at(&bytes, offset).map_err(io)?,
-            WriteOp::Sync(file) => syncer.sync(file),
-        }
+            WriteOp::Owned { file, offset, bytes } => file.write_at(&bytes, offset).map_err(io)?,
+            WriteOp::Sync(file) => {
+                syncer.sync(file);
+                0
+            }
+        } as u64;
     }
-    Ok(())
+    Ok(direct)
 }
 
 /// Flushes file data to disk in a thread of its own while the writer goes on.
 struct Syncer {
-    tx: Option<mpsc::SyncSender<Arc<File>>>,
+    tx: Option<mpsc::SyncSender<Arc<OutFile>>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl Syncer {
     fn new(root: PathBuf) -> Syncer {
-        let (tx, rx) = mpsc::sync_channel::<Arc<File>>(SYNC_QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Arc<OutFile>>(SYNC_QUEUE);
         let thread = std::thread::spawn(move || {
             for f in rx {
-                f.sync_data().map_err(|e| format!("cannot sync files under {}: {e}", root.display()))?;
+                f.file.sync_data().map_err(|e| format!("cannot sync files under {}: {e}", root.display()))?;
             }
             Ok(())
         });
@@ -113,7 +179,7 @@ impl Syncer {
 
     /// Queues `f` (its data written so far) for flushing. A syncer that stopped reports why
     /// in [`finish`](Self::finish).
-    fn sync(&self, f: Arc<File>) {
+    fn sync(&self, f: Arc<OutFile>) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(f);
         }
@@ -147,6 +213,8 @@ pub struct Extracted {
     pub bytes: u64,
     /// Chunks downloaded.
     pub chunks: u64,
+    /// Bytes of file content written with `O_DIRECT` (not left in the page cache).
+    pub direct_bytes: u64,
 }
 
 /// Downloads and decompresses the stored manifest of a backup, checking it against the
@@ -165,7 +233,7 @@ pub async fn manifest(repo: &Repository, e: &BackupEntry) -> Result<Manifest, Fa
 
 /// Restores every archive of `e` (the data directory into `data`, tablespace `oid` into
 /// `tablespaces[oid]`), then checks every file against `manifest`. `ahead` chunks are in
-/// flight at once (at least 1).
+/// flight at once (at least 1); `direct` writes large files with `O_DIRECT` where possible.
 pub async fn extract(
     repo: &Repository,
     e: &BackupEntry,
@@ -173,6 +241,7 @@ pub async fn extract(
     data: &Path,
     tablespaces: &BTreeMap<u32, PathBuf>,
     ahead: usize,
+    direct: bool,
 ) -> Result<Extracted, Failure> {
     let mut found = BTreeMap::new();
     let mut total = Extracted::default();
@@ -183,7 +252,7 @@ pub async fn extract(
                 tablespaces.get(&oid).cloned().ok_or_else(|| local(format!("no destination for tablespace {oid}")))?
             }
         };
-        let (files, stats) = extract_archive(repo, &e.id, a, &dest, ahead.max(1)).await?;
+        let (files, stats) = extract_archive(repo, &e.id, a, &dest, ahead.max(1), direct).await?;
         let prefix = a.tablespace_oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         for (path, d) in files {
             let mut p = prefix.clone().into_bytes();
@@ -193,6 +262,7 @@ pub async fn extract(
         total.files += stats.files;
         total.bytes += stats.bytes;
         total.chunks += stats.chunks;
+        total.direct_bytes += stats.direct_bytes;
     }
     manifest
         .check_files(&found)
@@ -206,11 +276,12 @@ async fn extract_archive(
     a: &ArchiveEntry,
     dest: &Path,
     ahead: usize,
+    direct: bool,
 ) -> Result<(BTreeMap<Vec<u8>, FileDigest>, Extracted), Failure> {
     let keys: Vec<ObjectKey> = (0..a.chunks)
         .map(|n| ObjectKey::new(catalog::chunk_key(repo.cluster(), id, &a.name, n)))
         .collect::<Result<_, _>>()?;
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1);
+    let (tx, rx) = mpsc::sync_channel::<AlignedBuf>(1);
     let pool = BufferPool::default();
     let dest_owned = dest.to_path_buf();
     let returned = pool.clone();
@@ -221,15 +292,15 @@ async fn extract_archive(
             let mut syncer = Syncer::new(root.clone());
             let written = writer(queue, &syncer, &root);
             let synced = syncer.finish();
-            written.and(synced)
+            written.and_then(|direct| synced.map(|()| direct))
         });
-        let mut x = Extractor::new(dest_owned, writes);
+        let mut x = Extractor::new(dest_owned, writes, direct);
         let mut reader = TarReader::new();
         let mut fed = Ok(());
         for raw in rx {
             let chunk = Arc::new(Chunk { raw, pool: returned.clone() });
             x.chunk = Some(chunk.clone());
-            fed = reader.feed(&chunk.raw, &mut x);
+            fed = reader.feed(chunk.raw.as_slice(), &mut x);
             x.chunk = None;
             if fed.is_err() {
                 break;
@@ -237,12 +308,13 @@ async fn extract_archive(
         }
         x.writes = None;
         // A write error comes first: the parser's own error then only says the writer stopped.
-        write_thread.join().unwrap_or_else(|_| Err("the writer thread panicked".into())).map_err(visitor_error)?;
+        x.direct_bytes =
+            write_thread.join().unwrap_or_else(|_| Err("the writer thread panicked".into())).map_err(visitor_error)?;
         fed?;
         Ok((x, reader))
     });
 
-    let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>, Failure>>> = VecDeque::new();
+    let mut pending: VecDeque<tokio::task::JoinHandle<Result<AlignedBuf, Failure>>> = VecDeque::new();
     let mut next = 0;
     let mut stats = Extracted::default();
     let mut raw_total = 0u64;
@@ -274,7 +346,7 @@ async fn extract_archive(
         };
         match chunk {
             Ok(raw) => {
-                raw_total += raw.len() as u64;
+                raw_total += raw.as_slice().len() as u64;
                 stats.chunks += 1;
                 if tx.send(raw).is_err() {
                     break; // the writer stopped: its error is reported below
@@ -308,6 +380,7 @@ async fn extract_archive(
     }
     stats.files = x.digests.files.len() as u64;
     stats.bytes = x.bytes;
+    stats.direct_bytes = x.direct_bytes;
     Ok((x.digests.files, stats))
 }
 
@@ -316,13 +389,17 @@ struct Extractor {
     root: PathBuf,
     digests: FileDigests,
     /// The file being extracted, and how many of its bytes were handed to the writer.
-    file: Option<(Arc<File>, u64)>,
+    file: Option<(Arc<OutFile>, u64)>,
     /// Bytes of the current file since it was last queued for syncing.
     unsynced: u64,
     /// The chunk being parsed (file data is a piece of it).
     chunk: Option<Arc<Chunk>>,
     writes: Option<mpsc::SyncSender<WriteOp>>,
     bytes: u64,
+    /// Write files of [`DIRECT_MIN`] bytes and more with `O_DIRECT` where possible.
+    direct: bool,
+    /// Bytes the writer wrote with `O_DIRECT` (known once it finished).
+    direct_bytes: u64,
 }
 
 fn visitor_error(msg: String) -> TarError {
@@ -330,7 +407,7 @@ fn visitor_error(msg: String) -> TarError {
 }
 
 impl Extractor {
-    fn new(root: PathBuf, writes: mpsc::SyncSender<WriteOp>) -> Extractor {
+    fn new(root: PathBuf, writes: mpsc::SyncSender<WriteOp>, direct: bool) -> Extractor {
         Extractor {
             root,
             digests: FileDigests::new(),
@@ -339,6 +416,8 @@ impl Extractor {
             chunk: None,
             writes: Some(writes),
             bytes: 0,
+            direct,
+            direct_bytes: 0,
         }
     }
 
@@ -380,7 +459,7 @@ impl TarVisitor for Extractor {
                     .mode(mode)
                     .open(&path)
                     .map_err(|e| io("create", e))?;
-                self.file = Some((Arc::new(f), 0));
+                self.file = Some((Arc::new(OutFile::new(f, &path, self.direct && h.size >= DIRECT_MIN)), 0));
                 self.unsynced = 0;
             }
             MemberKind::Symlink => {
@@ -403,8 +482,9 @@ impl TarVisitor for Extractor {
             // Where `data` lies in the chunk being parsed (the tar reader passes file data as
             // pieces of its input).
             let piece = self.chunk.as_ref().and_then(|c| {
-                let start = (data.as_ptr() as usize).checked_sub(c.raw.as_ptr() as usize)?;
-                (start + data.len() <= c.raw.len()).then(|| (c.clone(), start..start + data.len()))
+                let raw = c.raw.as_slice();
+                let start = (data.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+                (start + data.len() <= raw.len()).then(|| (c.clone(), start..start + data.len()))
             });
             let (file, offset) = (file.clone(), *offset);
             self.send(match piece {
@@ -474,28 +554,77 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn files_spanning_chunks_are_written_whole_and_digested() {
-        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-        let repo = Repository::new(storage, "main", RetryPolicy::with_retries(0));
-        let big: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let noise = |n: u32| -> Vec<u8> { (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect() };
+        let big = noise(200_000);
+        // Over DIRECT_MIN and not a multiple of 512: its end goes through the page cache.
+        let large = noise((DIRECT_MIN + 8192 + 100) as u32);
         let mut tar = Vec::new();
         tar_file(&mut tar, "PG_VERSION", b"15\n");
         tar_file(&mut tar, "base/5/16396", &big);
+        tar_file(&mut tar, "base/5/16397", &large);
         tar_file(&mut tar, "base/5/empty", b"");
         tar_file(&mut tar, "global/pg_control", &[7u8; 8192]);
         tar.extend_from_slice(&[0u8; 1024]);
-        // 7 KiB chunks: headers and file data cross chunk boundaries everywhere.
-        let a = store(&repo, &tar, 7 << 10).await;
+        // Headers and file data cross chunk boundaries everywhere; with 7 KiB chunks the
+        // pieces of the large file are aligned for O_DIRECT, with 7000-byte ones most are not.
+        for (chunk, direct) in [(7 << 10, true), (7000, true), (7 << 10, false)] {
+            let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+            let repo = Repository::new(storage, "main", RetryPolicy::with_retries(0));
+            let a = store(&repo, &tar, chunk).await;
+            let dir = tempfile::tempdir().unwrap();
+            let (files, stats) = extract_archive(&repo, ID, &a, dir.path(), 3, direct).await.unwrap();
+            assert_eq!(fs::read(dir.path().join("base/5/16396")).unwrap(), big);
+            assert!(fs::read(dir.path().join("base/5/16397")).unwrap() == large, "chunk {chunk} direct {direct}");
+            assert_eq!(fs::read(dir.path().join("PG_VERSION")).unwrap(), b"15\n");
+            assert_eq!(fs::read(dir.path().join("base/5/empty")).unwrap(), b"");
+            assert_eq!(fs::read(dir.path().join("global/pg_control")).unwrap(), vec![7u8; 8192]);
+            assert_eq!(
+                files[&b"base/5/16396".to_vec()],
+                FileDigest { size: big.len() as u64, crc32c: crc32c::crc32c(&big) }
+            );
+            assert_eq!(
+                (stats.files, stats.bytes, stats.chunks),
+                (5, (3 + big.len() + large.len() + 8192) as u64, a.chunks as u64)
+            );
+            // Only the large file's aligned pieces go direct (where the file system can).
+            assert!(stats.direct_bytes < large.len() as u64);
+            let probe = dir.path().join("probe");
+            File::create(&probe).unwrap();
+            let can = Direct::open(&probe).is_some();
+            if !direct || !can {
+                assert_eq!(stats.direct_bytes, 0);
+            } else if chunk == 7 << 10 {
+                assert!(stats.direct_bytes >= DIRECT_MIN, "{}", stats.direct_bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn direct_writes_take_the_aligned_part_and_leave_the_rest_to_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let (files, stats) = extract_archive(&repo, ID, &a, dir.path(), 3).await.unwrap();
-        assert_eq!(fs::read(dir.path().join("base/5/16396")).unwrap(), big);
-        assert_eq!(fs::read(dir.path().join("PG_VERSION")).unwrap(), b"15\n");
-        assert_eq!(fs::read(dir.path().join("base/5/empty")).unwrap(), b"");
-        assert_eq!(fs::read(dir.path().join("global/pg_control")).unwrap(), vec![7u8; 8192]);
-        assert_eq!(
-            files[&b"base/5/16396".to_vec()],
-            FileDigest { size: big.len() as u64, crc32c: crc32c::crc32c(&big) }
-        );
-        assert_eq!((stats.files, stats.bytes, stats.chunks), (4, (3 + big.len() + 8192) as u64, a.chunks as u64));
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let out = OutFile::new(file, &path, true);
+        let Some(d) = &out.direct else {
+            // This file system has no O_DIRECT (e.g. an old tmpfs): everything is buffered.
+            out.write_at(b"abc", 0).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"abc");
+            return;
+        };
+        let data: Vec<u8> = (0..3 * 4096 + 700).map(|i| (i % 251) as u8).collect();
+        let mut obj = std::io::Cursor::new(Vec::new());
+        codec::compress(&data[..], &mut std::io::empty(), &mut obj, "x", None, CompressOptions::default()).unwrap();
+        let mut buf = AlignedBuf::default();
+        codec::decompress_in_memory(obj.get_ref(), &mut buf, ContentCheck::Digest).unwrap();
+        let data = buf.as_slice();
+        let align = d.offset_align as usize;
+        assert_eq!(d.aligned_len(data, 0), data.len() - data.len() % align);
+        assert_eq!(d.aligned_len(&data[1..], 0), 0, "unaligned memory");
+        assert_eq!(d.aligned_len(data, 1), 0, "unaligned offset");
+        assert_eq!(out.write_at(&data[..2 * 4096], 0).unwrap(), 2 * 4096);
+        let rest = data.len() - 2 * 4096;
+        assert_eq!(out.write_at(&data[2 * 4096..], 2 * 4096).unwrap(), rest - rest % align);
+        assert!(fs::read(&path).unwrap() == data);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,7 +638,7 @@ mod tests {
         let a = store(&repo, &tar, 4096).await;
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("base/5/2")).unwrap();
-        let e = extract_archive(&repo, ID, &a, dir.path(), 2).await.unwrap_err();
+        let e = extract_archive(&repo, ID, &a, dir.path(), 2, true).await.unwrap_err();
         assert_eq!(e.kind, FailureKind::LocalIo, "{e}");
         assert!(e.to_string().contains("cannot create") && e.to_string().contains("base/5/2"), "{e}");
     }

@@ -55,6 +55,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     force: cli.restore.force,
                     tablespace_map: cli.restore.tablespace_map()?,
                     jobs: cli.restore.jobs.max(1),
+                    direct_io: !cli.restore.buffered_io,
                     wal_archiver: cli.restore.wal_archiver.clone(),
                     config_file: cli.repo.config.clone(),
                     set: cli.restore.settings()?,

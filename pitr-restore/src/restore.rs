@@ -35,6 +35,8 @@ pub struct RestoreOptions {
     pub tablespace_map: BTreeMap<u32, PathBuf>,
     /// Chunks downloaded and decompressed at once.
     pub jobs: usize,
+    /// Write large files with O_DIRECT where possible.
+    pub direct_io: bool,
     /// The wal-archiver for restore_command.
     pub wal_archiver: Option<PathBuf>,
     /// The configuration file given with --config, passed on to restore_command.
@@ -253,28 +255,41 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
     }
     let fast = drill::fast_promotion(&opts.target, opts.start.is_some(), &opts.set);
     let written = async {
-        let stats = extract::extract(&repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs).await?;
+        let stats =
+            extract::extract(&repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io).await?;
         remap_tablespaces(&opts.pgdata, &opts.tablespace_map)?;
         let command = recovery_conf::restore_command(&wal_archiver, config, opts.config_file.as_deref());
-        let lines = if fast {
-            let paused = Target { action: Action::Pause, ..opts.target.clone() };
-            let mut set = vec![("hot_standby".to_string(), "on".to_string())];
-            set.extend(opts.set.iter().cloned());
-            recovery_conf::settings(&command, &paused, plan.timeline, &set)
-        } else {
-            recovery_conf::settings(&command, &opts.target, plan.timeline, &opts.set)
-        };
+        let user_sets = |key: &str| opts.set.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
+        let mut set = Vec::new();
+        let mut notes = Vec::new();
+        if fast {
+            set.push(("hot_standby".to_string(), "on".to_string()));
+            notes.push(
+                "action promote: recovery pauses at the target and pitr-restore --start promotes the server, a fast \
+                 promotion; if it was interrupted, run pg_ctl promote",
+            );
+        }
+        // recovery_prefetch exists from PostgreSQL 15 on.
+        let no_prefetch =
+            stats.direct_bytes > 0 && backup.server_version_num >= 150000 && !user_sets("recovery_prefetch");
+        if no_prefetch {
+            set.push(("recovery_prefetch".to_string(), "off".to_string()));
+            notes.push(
+                "recovery_prefetch off: the data files were written with O_DIRECT and are not cached; prefetching \
+                 would read pages that WAL replay overwrites with full-page images",
+            );
+        }
+        set.extend(opts.set.iter().cloned());
+        let target = if fast { Target { action: Action::Pause, ..opts.target.clone() } } else { opts.target.clone() };
+        let lines = recovery_conf::settings(&command, &target, plan.timeline, &set);
         let mut header = format!(
             "Recovery settings written by pitr-restore {}: backup {}, target {}",
             env!("CARGO_PKG_VERSION"),
             backup.id,
             plan.target
         );
-        if fast {
-            header.push_str(
-                "\n# (action promote: recovery pauses at the target and pitr-restore --start promotes the server, a fast \
-                 promotion; if it was interrupted, run pg_ctl promote)",
-            );
+        for n in notes {
+            header.push_str(&format!("\n# ({n})"));
         }
         recovery_conf::write(&opts.pgdata, &header, &lines)?;
         for (d, _) in &dirs {
@@ -292,13 +307,15 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
     };
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "restored backup {} into {}: {} files, {:.1} MB in {:.1} s ({:.0} MB/s); recovery settings written for {}",
+        "restored backup {} into {}: {} files, {:.1} MB in {:.1} s ({:.0} MB/s, {:.1} MB of it with O_DIRECT); \
+         recovery settings written for {}",
         backup.id,
         opts.pgdata.display(),
         stats.files,
         stats.bytes as f64 / 1e6,
         secs,
         stats.bytes as f64 / 1e6 / secs.max(1e-3),
+        stats.direct_bytes as f64 / 1e6,
         plan.target
     );
     let Some(drill_opts) = &opts.start else {

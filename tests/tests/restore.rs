@@ -194,6 +194,10 @@ fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Ma
     assert!(!log.contains("end-of-recovery immediate wait"), "{log}");
     let auto = std::fs::read_to_string(s.data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("recovery_target_action = 'pause'") && auto.contains("pg_ctl promote"), "{auto}");
+    // Large files went to disk with O_DIRECT (this machine's file systems support it), so
+    // recovery does not prefetch pages that are not cached.
+    assert!(!r.stdout.contains(", 0.0 MB of it with O_DIRECT"), "{r:#?}");
+    assert!(auto.contains("recovery_prefetch = 'off'"), "{auto}");
     s.sql("CREATE TABLE written_after_promotion (x int)");
     drop(s);
 
@@ -224,8 +228,12 @@ fn marker_scenarios(repo: &TestRepo, label: &str, all: bool) -> (TestCluster, Ma
         let log = server_log(&s.data);
         assert!(log.contains("end-of-recovery immediate wait") && !log.contains("received promote request"), "{log}");
         drop(s);
-        let (s, _) = restore_and_start(repo, &format!("{label}-xid"), &["--target-xid", &m.xid_a]);
+        // Every file through the page cache: recovery prefetches as PostgreSQL's default.
+        let (s, r) = restore_and_start(repo, &format!("{label}-xid"), &["--target-xid", &m.xid_a, "--buffered-io"]);
         assert_eq!(s.markers(), "A", "restore to A's xid");
+        assert!(r.stdout.contains(", 0.0 MB of it with O_DIRECT"), "{r:#?}");
+        let auto = std::fs::read_to_string(s.data.join("postgresql.auto.conf")).unwrap();
+        assert!(!auto.contains("recovery_prefetch"), "{auto}");
         drop(s);
         let (s, _) = restore_and_start(
             repo,
