@@ -111,8 +111,9 @@ pub struct RestoreArgs {
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
     pub jobs: usize,
     /// Write every file through the page cache. By default files of 1 MiB and more are
-    /// written with O_DIRECT where the file system supports it: no copy into the page cache
-    /// (the main cost of a restore), and no restored data crowding out the cache.
+    /// written with O_DIRECT where the file system supports it (no copy into the page cache,
+    /// the main cost of a restore) and the recovery settings turn recovery_prefetch off
+    /// (PostgreSQL 15+; it would read uncached pages that replay overwrites anyway).
     #[arg(long)]
     pub buffered_io: bool,
     /// The wal-archiver that restore_command runs [default: the one next to pitr-restore,
