@@ -18,13 +18,13 @@
 //! The parser hands the writer references into the chunk (no copy). Copying bytes into the
 //! page cache was the bottleneck of a restore (the writer thread busy 85% of the wall time in
 //! the kernel's copy), so files of [`DIRECT_MIN`] bytes and more are written with `O_DIRECT`
-//! from the chunk buffers, which are aligned for it ([`AlignedBuf`]): 3.2 GB in 2.6 s where
-//! the page cache took 3.7-4.7 s and `dd conv=fsync` 2.4 s. Memory is bounded by AHEAD chunks being decompressed and
-//! [`WRITE_QUEUE`] pieces waiting for the writer, whatever the backup's size: the raw buffers
-//! go back to a pool and are reused, so a restore allocates (and page-faults) only a few of
-//! them. Every [`SYNC_EVERY`] bytes of a file, the syncer thread flushes that file's data to
-//! disk while extraction goes on, so the disk writes from the start instead of only at the
-//! final sync.
+//! from the chunk buffers, which are aligned for it ([`AlignedBuf`]): 3.2 GB in 2.1-2.7 s
+//! where the page cache took 3.7-4.7 s and `dd conv=fsync` 1.5-2.4 s. Memory is bounded by
+//! AHEAD chunks being decompressed and [`WRITE_QUEUE`] pieces waiting for the writer,
+//! whatever the backup's size: the raw buffers go back to a pool and are reused, so a restore
+//! allocates (and page-faults) only a few of them. Every [`SYNC_EVERY`] bytes of a file, the
+//! syncer thread flushes that file's data to disk while extraction goes on, so the disk
+//! writes from the start instead of only at the final sync.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
