@@ -48,10 +48,9 @@ fn wait_flushed(cluster: &TestCluster, rx: &ReceiverProc, lsn: &str) {
     }
 }
 
-/// `wal-archiver get` from `repo`; `None` when absent (exit 1).
-/// `name` as archived in the repository, or None while it is not. `get` also serves a segment
-/// that is not archived yet from the receiver's growing partial object (valid WAL, then
-/// zeros); that is not the stored segment, so it counts as not there yet.
+/// `wal-archiver get` from `repo`: `name` as archived, or `None` while it is not (exit 1).
+/// `get` also serves a segment that is not archived yet from the receiver's growing partial
+/// object (valid WAL, then zeros); that is not the stored segment, so it counts as absent.
 fn get(repo: &TestRepo, name: &str, dest: &Path) -> Option<Vec<u8>> {
     let r = bins::run({
         let mut c = repo.wal_archiver();
