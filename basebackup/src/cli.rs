@@ -86,6 +86,30 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Retention: delete the backups the policy no longer keeps, and the WAL only they need.
+    ///
+    /// Keeps the newest --keep-backups backups and/or every backup needed to restore to any
+    /// time within --keep-within (those that ended inside the window and the newest one that
+    /// ended before it); with both, what either keeps. The newest backup is never expired.
+    /// Deletes each expired backup's catalog entry first, then its chunks and manifest, then
+    /// the WAL before the oldest kept backup's first segment (history files stay). Objects of
+    /// backups that never got a catalog entry are deleted once they are older than the oldest
+    /// kept backup and 48 hours old. Prints what was kept and deleted.
+    Expire {
+        /// Keep the newest N backups (at least 1) [file key `keep-backups`].
+        #[arg(long, env = "PITR_KEEP_BACKUPS", value_name = "N")]
+        keep_backups: Option<u32>,
+        /// Keep what restores to any time within this long before now, e.g. 7d, 36h, 2weeks
+        /// [file key `keep-within`].
+        #[arg(long, env = "PITR_KEEP_WITHIN", value_name = "DURATION")]
+        keep_within: Option<String>,
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON document instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -95,6 +119,7 @@ impl Command {
             Command::Create { .. } => "create",
             Command::List { .. } => "list",
             Command::Verify { .. } => "verify",
+            Command::Expire { .. } => "expire",
         }
     }
 }

@@ -5,13 +5,15 @@
 //!   (tar parsing, CRC-32C per file, zstd, parallel uploads) into the repository, checked
 //!   against the server's manifest, recorded only once its WAL is archived;
 //! - [`list`]: the catalog entries;
-//! - [`verify`]: every chunk, every file and the WAL of stored backups.
+//! - [`verify`]: every chunk, every file and the WAL of stored backups;
+//! - [`expire`]: retention: the backups a policy no longer keeps and the WAL only they need.
 //!
 //! What is stored is described in `common::catalog` and docs/basebackup.md.
 
 pub mod chunks;
 pub mod cli;
 pub mod create;
+pub mod expire;
 pub mod list;
 pub mod progress;
 pub mod verify;
@@ -47,6 +49,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Command::List { json } => list::list(&config, json).await,
             Command::Verify { id, all } => verify::verify(&config, id, all).await,
+            Command::Expire { keep_backups, keep_within, dry_run, json } => {
+                let policy = expire::Policy::resolve(
+                    keep_backups.or(config.keep_backups),
+                    keep_within.as_deref().or(config.keep_within.as_deref()),
+                )?;
+                expire::expire(&config, policy, dry_run, json).await
+            }
         }
     })
 }

@@ -1,5 +1,5 @@
 //! `basebackup`: physical base backups of PostgreSQL into a pitr repository (`create`), and
-//! `list` / `verify` of what is stored. Parses the command line, sets up logging, runs the
+//! `list` / `verify` / `expire` of what is stored. Parses the command line, sets up logging, runs the
 //! command and turns its outcome into the documented exit status; everything else is in the
 //! library.
 

@@ -96,6 +96,10 @@ pub struct FileConfig {
     pub dbname: Option<String>,
     /// Where `receive` serves its metrics and health endpoint (`IP:PORT`).
     pub metrics_listen: Option<String>,
+    /// `basebackup expire`: how many of the newest backups to keep.
+    pub keep_backups: Option<u32>,
+    /// `basebackup expire`: keep what restores to any time within this long (e.g. `7d`).
+    pub keep_within: Option<String>,
 }
 
 /// Where the repository is.
@@ -178,6 +182,10 @@ pub struct Config {
     pub dbname: Option<String>,
     /// `receive`'s metrics address from the file, if any.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `basebackup expire`'s `keep-backups` from the file, if any.
+    pub keep_backups: Option<u32>,
+    /// `basebackup expire`'s `keep-within` from the file, if any (parsed by `basebackup`).
+    pub keep_within: Option<String>,
 }
 
 fn config_error(msg: impl std::fmt::Display) -> Failure {
@@ -279,6 +287,8 @@ impl Config {
             push_ahead: args.push_ahead.or(file.push_ahead).unwrap_or(2).min(32),
             dbname: file.dbname,
             metrics_listen,
+            keep_backups: file.keep_backups,
+            keep_within: file.keep_within,
         })
     }
 
@@ -404,5 +414,15 @@ mod tests {
         let e = Config::resolve(&RepoArgs { config: Some(f), ..Default::default() }).unwrap_err();
         assert_eq!(e.kind, FailureKind::Config);
         assert!(e.to_string().contains("metrics-listen"), "{e}");
+    }
+
+    #[test]
+    fn retention_keys_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"/x\"\nkeep-backups = 3\nkeep-within = \"7d\"\n").unwrap();
+        let c = Config::resolve(&RepoArgs { config: Some(f), ..Default::default() }).unwrap();
+        assert_eq!(c.keep_backups, Some(3));
+        assert_eq!(c.keep_within.as_deref(), Some("7d"));
     }
 }

@@ -1,0 +1,505 @@
+//! `expire`: retention. Without it a repository only grows. It deletes the backups that the
+//! retention policy no longer keeps and the WAL that only those backups could use, and never
+//! anything a kept backup needs: every restore the policy promises still works afterwards.
+//!
+//! The policy keeps the newest `keep-backups` backups and/or, with `keep-within D`, every
+//! backup needed to restore to any moment of the last D (the backups that ended inside the
+//! window and the newest one that ended before it). Both together keep the union. Backups
+//! are ordered by id (start time), so what is kept is always the newest ones and what goes is
+//! a run of the oldest: the newest backup is never expired.
+//!
+//! Deletion order, so that an interruption leaves nothing a reader could misuse: each expired
+//! backup's catalog entry goes first (from then on the backup does not exist), then its chunks
+//! and manifest, then the WAL before the oldest kept backup's first segment (every kept
+//! backup starts at or after it, and recovery only reads forward). History files are kept.
+//! Objects of backups without a catalog entry (an interrupted backup or expire) are deleted
+//! once they are older than the oldest kept backup and [`ORPHAN_GRACE`] old: a backup still
+//! running has no entry yet either.
+
+use std::time::Duration;
+
+use common::catalog::{self, BackupEntry};
+use common::config::Config;
+use common::exit::{Failure, FailureKind};
+use common::repository::Repository;
+use common::retry::retry;
+use common::storage::{ObjectInfo, ObjectKey};
+use common::wal::{WalFileKind, WalFileName, WalSegmentSize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::progress::human;
+
+/// How old (by its id, the start time) a backup without a catalog entry must be before its
+/// objects are deleted: a backup in progress has no entry yet.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(48 * 3600);
+
+/// Deletions in flight at once (each is one request to the store).
+const PARALLEL_DELETES: usize = 16;
+
+/// What to keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Keep this many of the newest backups (at least 1).
+    pub keep_backups: Option<u32>,
+    /// Keep what restores to any moment within this long before now.
+    pub keep_within: Option<Duration>,
+}
+
+impl Policy {
+    /// The policy from the command line or the configuration file; refuses an empty one (an
+    /// `expire` without a policy deletes nothing by accident).
+    pub fn resolve(keep_backups: Option<u32>, keep_within: Option<&str>) -> Result<Policy, Failure> {
+        let usage = |m: String| Failure::msg(FailureKind::Usage, m);
+        if keep_backups == Some(0) {
+            return Err(usage("--keep-backups must be at least 1: the newest backup is never expired".into()));
+        }
+        let keep_within = match keep_within {
+            Some(s) => {
+                let d = humantime::parse_duration(s.trim())
+                    .map_err(|e| usage(format!("invalid --keep-within {s:?}: {e} (use e.g. 7d, 36h, 2weeks)")))?;
+                Some(d)
+            }
+            None => None,
+        };
+        if keep_backups.is_none() && keep_within.is_none() {
+            return Err(usage(
+                "no retention policy: give --keep-backups N and/or --keep-within DURATION \
+                 (or keep-backups / keep-within in pitr.toml)"
+                    .into(),
+            ));
+        }
+        Ok(Policy { keep_backups, keep_within })
+    }
+
+    /// Human description of the policy at `now`.
+    pub fn describe(&self, now: OffsetDateTime) -> String {
+        let mut parts = vec![];
+        if let Some(n) = self.keep_backups {
+            parts.push(format!("keep the newest {n} backup(s)"));
+        }
+        if let Some(d) = self.keep_within {
+            let since = window_start(now, d).format(&Rfc3339).unwrap_or_default();
+            parts.push(format!("keep what restores to any time since {since} ({})", humantime::format_duration(d)));
+        }
+        parts.join("; ")
+    }
+}
+
+fn window_start(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
+    let d = time::Duration::try_from(d).unwrap_or(time::Duration::MAX);
+    now.checked_sub(d).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Index (into `entries`, oldest first) of the oldest backup `policy` keeps at `now`;
+/// `None` when there are no backups. Every backup from there on is kept.
+pub fn oldest_kept(entries: &[BackupEntry], policy: &Policy, now: OffsetDateTime) -> Result<Option<usize>, Failure> {
+    let Some(newest) = entries.len().checked_sub(1) else {
+        return Ok(None);
+    };
+    let mut keep_from = newest;
+    if let Some(n) = policy.keep_backups {
+        keep_from = keep_from.min(entries.len().saturating_sub(n as usize));
+    }
+    if let Some(d) = policy.keep_within {
+        let start = window_start(now, d);
+        // The newest backup that ended at or before the window's start restores to its
+        // first moment; with none, every backup ended inside the window.
+        let mut from = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let stop = OffsetDateTime::parse(&e.stop_time, &Rfc3339).map_err(|err| {
+                Failure::msg(
+                    FailureKind::Corrupt,
+                    format!("backup {}: stop time {:?} in its catalog entry: {err}", e.id, e.stop_time),
+                )
+            })?;
+            if stop <= start {
+                from = i;
+            }
+        }
+        keep_from = keep_from.min(from);
+    }
+    Ok(Some(keep_from))
+}
+
+/// Everything one run deletes (or, dry, would delete).
+#[derive(Debug, Default)]
+pub struct ExpirePlan {
+    /// Backups kept, oldest first.
+    pub kept: Vec<BackupEntry>,
+    /// Backups expired, oldest first.
+    pub expired: Vec<BackupEntry>,
+    /// The first WAL segment kept: the oldest kept backup's first segment.
+    pub wal_keep_from: Option<String>,
+    /// WAL objects before it (segments, `.partial`, `.backup`; the receiver's partials).
+    pub wal: Vec<ObjectInfo>,
+    /// Objects of the expired backups, catalog entries excluded.
+    pub backup_objects: Vec<ObjectInfo>,
+    /// Ids of backups without a catalog entry whose objects are deleted.
+    pub orphans: Vec<String>,
+    /// Their objects.
+    pub orphan_objects: Vec<ObjectInfo>,
+    /// Ids of backups without a catalog entry that are kept (possibly in progress).
+    pub incomplete: Vec<String>,
+}
+
+impl ExpirePlan {
+    /// Objects and bytes deleted in all.
+    pub fn totals(&self) -> (usize, u64) {
+        let entries = self.expired.len();
+        let all = self.wal.iter().chain(&self.backup_objects).chain(&self.orphan_objects);
+        let (n, b) = all.fold((0usize, 0u64), |(n, b), o| (n + 1, b + o.size));
+        (n + entries, b)
+    }
+}
+
+/// The backup id an object under `<cluster>/backups/` belongs to: `<id>.json` or `<id>/…`.
+fn backup_id_of(prefix: &str, key: &str) -> Option<String> {
+    let rest = key.strip_prefix(prefix)?;
+    let id = rest.split('/').next()?.trim_end_matches(".json");
+    catalog::valid_backup_id(id).then(|| id.to_string())
+}
+
+/// A WAL object's file name: `<…>/<name>.zst` (the receiver's: `<name>.partial.zst`).
+fn wal_name_of(key: &str) -> Option<WalFileName> {
+    let file = key.rsplit('/').next()?.strip_suffix(".zst")?;
+    WalFileName::parse(file).ok()
+}
+
+/// Works out what `policy` expires at `now`, from listings and catalog entries only.
+pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Result<ExpirePlan, Failure> {
+    let entries = catalog::list_entries(repo).await?;
+    let Some(from) = oldest_kept(&entries, policy, now)? else {
+        return Ok(ExpirePlan::default());
+    };
+    let mut plan =
+        ExpirePlan { expired: entries[..from].to_vec(), kept: entries[from..].to_vec(), ..Default::default() };
+    let oldest = &plan.kept[0];
+    let size = WalSegmentSize::new(oldest.segment_size)
+        .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("backup {}: {e}", oldest.id)))?;
+    let cut = WalFileName::parse(&oldest.wal_start_segment)
+        .ok()
+        .and_then(|n| n.segment_number(size).ok().flatten())
+        .ok_or_else(|| {
+            Failure::msg(
+                FailureKind::Corrupt,
+                format!("backup {}: first WAL segment {:?} in its catalog entry", oldest.id, oldest.wal_start_segment),
+            )
+        })?;
+    plan.wal_keep_from = Some(oldest.wal_start_segment.clone());
+
+    let prefix = catalog::backups_prefix(repo.cluster());
+    let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
+    let entry_ids: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let expired_ids: std::collections::BTreeSet<&str> = plan.expired.iter().map(|e| e.id.as_str()).collect();
+    let grace_start = catalog::backup_id(window_start(now, ORPHAN_GRACE));
+    for o in objects {
+        let Some(id) = backup_id_of(&prefix, o.key.as_str()) else { continue };
+        if expired_ids.contains(id.as_str()) {
+            if !o.key.as_str().ends_with(".json") {
+                plan.backup_objects.push(o);
+            }
+        } else if !entry_ids.contains(id.as_str()) {
+            // No catalog entry: an interrupted backup or expire, or one still running.
+            if id < oldest.id && id < grace_start {
+                if plan.orphans.last() != Some(&id) {
+                    plan.orphans.push(id);
+                }
+                plan.orphan_objects.push(o);
+            } else if plan.incomplete.last() != Some(&id) {
+                plan.incomplete.push(id);
+            }
+        }
+    }
+
+    for prefix in [repo.wal_prefix(), repo.receiver_prefix()] {
+        let objects = retry(repo.retry_policy(), "list WAL", || repo.storage().list(&prefix)).await?;
+        for o in objects {
+            let Some(name) = wal_name_of(o.key.as_str()) else { continue };
+            if name.kind == WalFileKind::History {
+                continue;
+            }
+            if matches!(name.segment_number(size), Ok(Some(n)) if n < cut) {
+                plan.wal.push(o);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Deletes `keys`, [`PARALLEL_DELETES`] at a time, each with the configured retries.
+async fn delete_all(repo: &Repository, keys: Vec<ObjectKey>) -> Result<(), Failure> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut keys = keys.into_iter();
+    loop {
+        while tasks.len() < PARALLEL_DELETES {
+            let Some(key) = keys.next() else { break };
+            let repo = repo.clone();
+            tasks.spawn(async move {
+                retry(repo.retry_policy(), "delete", || repo.storage().delete(&key)).await.map_err(Failure::from)
+            });
+        }
+        match tasks.join_next().await {
+            None => return Ok(()),
+            Some(r) => r.map_err(|e| Failure::msg(FailureKind::LocalIo, format!("delete task: {e}")))??,
+        }
+    }
+}
+
+/// Carries out `plan`: catalog entries first, then the backups' objects, then WAL.
+pub async fn execute(repo: &Repository, plan: &ExpirePlan) -> Result<(), Failure> {
+    for e in &plan.expired {
+        let key = ObjectKey::new(catalog::entry_key(repo.cluster(), &e.id))?;
+        retry(repo.retry_policy(), "delete catalog entry", || repo.storage().delete(&key)).await?;
+        tracing::info!(backup = %e.id, "expired: catalog entry deleted");
+    }
+    let objects = plan.backup_objects.iter().chain(&plan.orphan_objects);
+    delete_all(repo, objects.map(|o| o.key.clone()).collect()).await?;
+    delete_all(repo, plan.wal.iter().map(|o| o.key.clone()).collect()).await
+}
+
+/// The report `expire` prints.
+pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime, dry_run: bool) -> String {
+    let mut out = format!("policy: {}\n", policy.describe(now));
+    for e in &plan.kept {
+        out.push_str(&format!("keep    {}  stopped {}  {} stored\n", e.id, e.stop_time, human(e.stored_bytes)));
+    }
+    for e in &plan.expired {
+        out.push_str(&format!("expire  {}  stopped {}  {} stored\n", e.id, e.stop_time, human(e.stored_bytes)));
+    }
+    if let Some(first) = &plan.wal_keep_from {
+        let bytes: u64 = plan.wal.iter().map(|o| o.size).sum();
+        out.push_str(&format!("WAL before {first}: {} file(s), {}\n", plan.wal.len(), human(bytes)));
+    }
+    if !plan.orphans.is_empty() {
+        let bytes: u64 = plan.orphan_objects.iter().map(|o| o.size).sum();
+        out.push_str(&format!(
+            "interrupted backup(s) without a catalog entry: {} ({} file(s), {})\n",
+            plan.orphans.join(", "),
+            plan.orphan_objects.len(),
+            human(bytes)
+        ));
+    }
+    if !plan.incomplete.is_empty() {
+        out.push_str(&format!(
+            "left alone (no catalog entry yet, may be in progress): {}\n",
+            plan.incomplete.join(", ")
+        ));
+    }
+    let (files, bytes) = plan.totals();
+    if dry_run {
+        out.push_str(&format!("dry run: nothing deleted; would delete {files} object(s), {}\n", human(bytes)));
+    } else {
+        out.push_str(&format!(
+            "expired {} backup(s); deleted {files} object(s), {}\n",
+            plan.expired.len(),
+            human(bytes)
+        ));
+    }
+    out
+}
+
+/// The same as one JSON document.
+pub fn report_json(plan: &ExpirePlan, dry_run: bool) -> serde_json::Value {
+    let (files, bytes) = plan.totals();
+    serde_json::json!({
+        "dry_run": dry_run,
+        "kept": plan.kept.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        "expired": plan.expired.iter().map(|e| serde_json::json!({"id": e.id, "stored_bytes": e.stored_bytes})).collect::<Vec<_>>(),
+        "wal_keep_from": plan.wal_keep_from,
+        "wal_files": plan.wal.len(),
+        "wal_bytes": plan.wal.iter().map(|o| o.size).sum::<u64>(),
+        "orphans": plan.orphans,
+        "incomplete": plan.incomplete,
+        "deleted_objects": files,
+        "deleted_bytes": bytes,
+    })
+}
+
+/// `basebackup expire`: plans, prints, and unless `dry_run` deletes.
+pub async fn expire(config: &Config, policy: Policy, dry_run: bool, json: bool) -> Result<(), Failure> {
+    let repo = config.open_repository(false).await?;
+    let now = OffsetDateTime::now_utc();
+    let plan = plan(&repo, &policy, now).await?;
+    if !dry_run {
+        execute(&repo, &plan).await?;
+    }
+    if json {
+        println!("{}", report_json(&plan, dry_run));
+    } else {
+        print!("{}", report(&plan, &policy, now, dry_run));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use common::retry::RetryPolicy;
+    use common::storage::memory::MemoryStorage;
+    use common::storage::{Body, PutMode, Storage};
+    use common::wal::{SystemId, TimelineId};
+    use time::macros::datetime;
+
+    use super::*;
+
+    /// A backup that started at `start` and ended a minute later, its WAL in segment `seg`.
+    fn entry(start: OffsetDateTime, seg: u64) -> BackupEntry {
+        let size = WalSegmentSize::DEFAULT;
+        let first = WalFileName::segment(TimelineId(1), seg, size).to_string();
+        BackupEntry {
+            version: catalog::CATALOG_VERSION,
+            id: catalog::backup_id(start),
+            label: "t".into(),
+            system_id: SystemId(1),
+            server_version_num: 150000,
+            segment_size: size.bytes(),
+            start_lsn: common::lsn::Lsn(seg * size.bytes() + 40),
+            start_timeline: TimelineId(1),
+            stop_lsn: common::lsn::Lsn(seg * size.bytes() + 400),
+            stop_timeline: TimelineId(1),
+            start_time: start.format(&Rfc3339).unwrap(),
+            stop_time: (start + time::Duration::minutes(1)).format(&Rfc3339).unwrap(),
+            archives: vec![],
+            manifest_checksum: "00".into(),
+            wal_start_segment: first.clone(),
+            wal_stop_segment: first,
+            raw_bytes: 10,
+            stored_bytes: 5,
+        }
+    }
+
+    const NOW: OffsetDateTime = datetime!(2026-12-10 12:00 UTC);
+
+    /// Backups on days 1, 3, 5, 7 and 9 of December, at noon, in segments 2, 4, 6, 8, 10.
+    fn five() -> Vec<BackupEntry> {
+        (0..5).map(|i| entry(datetime!(2026-12-01 12:00 UTC) + time::Duration::days(2 * i), 2 + 2 * i as u64)).collect()
+    }
+
+    fn policy(n: Option<u32>, within: Option<&str>) -> Policy {
+        Policy::resolve(n, within).unwrap()
+    }
+
+    #[test]
+    fn policy_needs_a_rule_and_a_positive_count() {
+        assert_eq!(Policy::resolve(None, None).unwrap_err().kind, FailureKind::Usage);
+        assert_eq!(Policy::resolve(Some(0), None).unwrap_err().kind, FailureKind::Usage);
+        let e = Policy::resolve(None, Some("a week")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Usage);
+        assert!(e.to_string().contains("--keep-within"), "{e}");
+        assert_eq!(policy(None, Some("7d")).keep_within, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    #[test]
+    fn keep_backups_keeps_the_newest() {
+        let b = five();
+        assert_eq!(oldest_kept(&b, &policy(Some(2), None), NOW).unwrap(), Some(3));
+        assert_eq!(oldest_kept(&b, &policy(Some(1), None), NOW).unwrap(), Some(4));
+        assert_eq!(oldest_kept(&b, &policy(Some(9), None), NOW).unwrap(), Some(0));
+        assert_eq!(oldest_kept(&[], &policy(Some(1), None), NOW).unwrap(), None);
+    }
+
+    #[test]
+    fn keep_within_keeps_the_backup_before_the_window() {
+        let b = five();
+        // Window from Dec 6 12:00: the Dec 5 backup (ended 12:01) restores to its start.
+        assert_eq!(oldest_kept(&b, &policy(None, Some("4d")), NOW).unwrap(), Some(2));
+        // Window from Dec 5 12:01 exactly: the Dec 5 backup ended at its start, still needed.
+        let w = policy(None, Some("4days 23h 59min"));
+        assert_eq!(oldest_kept(&b, &w, NOW).unwrap(), Some(2));
+        // Every backup ended inside a long window: all kept.
+        assert_eq!(oldest_kept(&b, &policy(None, Some("30d")), NOW).unwrap(), Some(0));
+        // A short window keeps the newest backup, never none.
+        assert_eq!(oldest_kept(&b, &policy(None, Some("1h")), NOW).unwrap(), Some(4));
+        // Both rules: the union.
+        assert_eq!(oldest_kept(&b, &policy(Some(4), Some("1h")), NOW).unwrap(), Some(1));
+        assert_eq!(oldest_kept(&b, &policy(Some(1), Some("4d")), NOW).unwrap(), Some(2));
+    }
+
+    async fn put(storage: &dyn Storage, key: &str, len: usize) {
+        let key = ObjectKey::new(key).unwrap();
+        storage.put(&key, Body::Bytes(Bytes::from(vec![0u8; len])), PutMode::CreateNew).await.unwrap();
+    }
+
+    async fn keys(storage: &dyn Storage) -> Vec<String> {
+        storage.list("").await.unwrap().into_iter().map(|o| o.key.as_str().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn expires_entries_chunks_and_wal_before_the_oldest_kept_backup() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));
+        let backups = five();
+        for b in &backups {
+            let json = serde_json::to_vec(b).unwrap();
+            let key = ObjectKey::new(catalog::entry_key("main", &b.id)).unwrap();
+            storage.put(&key, Body::Bytes(Bytes::from(json)), PutMode::CreateNew).await.unwrap();
+            put(&*storage, &catalog::chunk_key("main", &b.id, "base.tar", 0), 100).await;
+            put(&*storage, &catalog::manifest_key("main", &b.id), 10).await;
+        }
+        // WAL segments 1..=11 of timeline 1, a .backup and a .partial file, two history files,
+        // the receiver's partial of segment 3 and of segment 11.
+        let size = WalSegmentSize::DEFAULT;
+        for seg in 1..=11 {
+            let n = WalFileName::segment(TimelineId(1), seg, size);
+            put(&*storage, &format!("main/wal/{}/{n}.zst", n.timeline_log_prefix()), 7).await;
+        }
+        put(&*storage, "main/wal/0000000100000000/000000010000000000000004.00000028.backup.zst", 1).await;
+        put(&*storage, "main/wal/0000000100000000/000000010000000000000005.partial.zst", 3).await;
+        put(&*storage, "main/wal/00000002.history.zst", 1).await;
+        put(&*storage, "main/receiver/000000010000000000000003.partial.zst", 2).await;
+        put(&*storage, "main/receiver/00000001000000000000000B.partial.zst", 2).await;
+        // An interrupted backup long ago, one whose entry an interrupted expire deleted, and
+        // one still running (newer than the kept ones).
+        put(&*storage, "main/backups/20261101T000000Z/base.tar/000000.zst", 50).await;
+        put(&*storage, "main/backups/20261102T000000Z/backup_manifest.zst", 5).await;
+        put(&*storage, "main/backups/20261210T110000Z/base.tar/000000.zst", 50).await;
+        // Another cluster's objects are not touched.
+        put(&*storage, "other/wal/0000000100000000/000000010000000000000001.zst", 7).await;
+        let before = keys(&*storage).await;
+
+        let p = policy(Some(2), None);
+        let dry = plan(&repo, &p, NOW).await.unwrap();
+        assert_eq!(
+            dry.expired.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            [&backups[0].id, &backups[1].id, &backups[2].id]
+        );
+        assert_eq!(dry.kept.len(), 2);
+        assert_eq!(dry.wal_keep_from.as_deref(), Some("000000010000000000000008"));
+        assert_eq!(dry.orphans, ["20261101T000000Z", "20261102T000000Z"]);
+        assert_eq!(dry.incomplete, ["20261210T110000Z"]);
+        let text = report(&dry, &p, NOW, true);
+        assert!(text.contains("dry run: nothing deleted"), "{text}");
+        assert_eq!(keys(&*storage).await, before, "planning deletes nothing");
+
+        execute(&repo, &dry).await.unwrap();
+        let after = keys(&*storage).await;
+        let mut expected: Vec<String> = before
+            .iter()
+            .filter(|k| {
+                let gone_backup =
+                    [&backups[0].id, &backups[1].id, &backups[2].id, "20261101T000000Z", "20261102T000000Z"]
+                        .iter()
+                        .any(|id| k.starts_with(&format!("main/backups/{id}")));
+                let gone_wal = k.starts_with("main/wal/0000000100000000/00000001000000000000000")
+                    && k.as_bytes()["main/wal/0000000100000000/00000001000000000000000".len()] < b'8';
+                let gone_rx = k.as_str() == "main/receiver/000000010000000000000003.partial.zst";
+                !(gone_backup || gone_wal || gone_rx)
+            })
+            .cloned()
+            .collect();
+        expected.sort();
+        assert_eq!(after, expected);
+        assert!(after.contains(&"main/wal/00000002.history.zst".to_string()));
+        assert!(after.contains(&"main/wal/0000000100000000/000000010000000000000008.zst".to_string()));
+        assert!(after.contains(&"other/wal/0000000100000000/000000010000000000000001.zst".to_string()));
+        assert_eq!(catalog::list_entries(&repo).await.unwrap(), backups[3..].to_vec());
+
+        // A second run finds nothing more to do.
+        let again = plan(&repo, &p, NOW).await.unwrap();
+        assert_eq!(again.totals(), (0, 0));
+        assert!(again.expired.is_empty());
+    }
+}
