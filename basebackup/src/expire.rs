@@ -79,7 +79,7 @@ impl Policy {
             parts.push(format!("keep the newest {n} backup(s)"));
         }
         if let Some(d) = self.keep_within {
-            let since = window_start(now, d).format(&Rfc3339).unwrap_or_default();
+            let since = window_start(now, d).replace_nanosecond(0).unwrap_or(now).format(&Rfc3339).unwrap_or_default();
             parts.push(format!("keep what restores to any time since {since} ({})", humantime::format_duration(d)));
         }
         parts.join("; ")

@@ -348,3 +348,75 @@ fn s3_point_in_time_restores() {
     let repo = rt.block_on(TestRepo::s3(s3::moto()));
     marker_scenarios(&repo, "pitr-s3", false);
 }
+
+/// `basebackup` with `args`, as the server's user.
+fn basebackup_cmd(repo: &TestRepo, args: &[&str]) -> Run {
+    let mut c = as_postgres(bins::basebackup(), repo);
+    c.args(args);
+    bins::run(c)
+}
+
+/// Retention on an S3 repository: `expire --keep-backups 1` removes the older backup and the
+/// WAL before the newer one's first segment, and everything the policy keeps still restores;
+/// a time only the expired backup could reach is refused.
+#[test]
+fn expire_keeps_every_restore_the_policy_promises() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = rt.block_on(TestRepo::s3(s3::s3s_fs()));
+    let (c, _ts) = primary(&repo, "expire-s3");
+    c.sql("CREATE TABLE marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let old = basebackup(&repo, &c);
+    c.sql("INSERT INTO marks (name) VALUES ('A')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = c.sql("SELECT clock_timestamp()");
+    c.pgbench(&["-t", "200", "-c", "2"]);
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1100));
+    let new = basebackup(&repo, &c);
+    assert!(old < new, "{old} {new}");
+    c.sql("INSERT INTO marks (name) VALUES ('B')");
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
+    // Before: restoring to a time between the two backups works from the old one.
+    let r = pitr_restore(&repo, &["plan", "--target-time", &between]);
+    assert!(r.ok().contains(&old), "{r:#?}");
+
+    let wal_names = || -> Vec<String> {
+        let mut c = as_postgres(bins::wal_archiver(), &repo);
+        c.args(["list", "--json"]);
+        let out = bins::run(c).ok().to_string();
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = wal_names();
+
+    let r = basebackup_cmd(&repo, &["expire"]);
+    refused(&r, 2, "no retention policy");
+    let out = basebackup_cmd(&repo, &["expire", "--keep-backups", "1", "--dry-run"]).ok().to_string();
+    assert!(out.contains(&format!("expire  {old}")) && out.contains("dry run: nothing deleted"), "{out}");
+    assert_eq!(wal_names(), before, "a dry run deletes nothing");
+    assert_eq!(basebackup_cmd(&repo, &["list", "--json"]).ok().lines().count(), 2);
+
+    let out = basebackup_cmd(&repo, &["expire", "--keep-backups", "1", "--json"]).ok().to_string();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["expired"][0]["id"], old.as_str(), "{report}");
+    assert_eq!(report["kept"], serde_json::json!([new]), "{report}");
+    let first_kept = report["wal_keep_from"].as_str().unwrap().to_string();
+    assert!(report["wal_files"].as_u64().unwrap() > 0, "{report}");
+    let after = wal_names();
+    assert!(after.iter().all(|n| n.ends_with(".history") || n[..24] >= first_kept[..]), "{first_kept}: {after:?}");
+    assert!(after.contains(&first_kept), "{after:?}");
+    let listed = basebackup_cmd(&repo, &["list", "--json"]).ok().to_string();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains(&new));
+    basebackup_cmd(&repo, &["verify", "--all"]).ok();
+
+    // What the policy keeps restores; what only the expired backup reached is refused.
+    let (s, _) = restore_and_start(&repo, "expire-latest", &[]);
+    assert_eq!(s.markers(), "A,B");
+    drop(s);
+    let r = pitr_restore(&repo, &["plan", "--target-time", &between]);
+    refused(&r, 10, "before the end of the oldest usable backup");
+}

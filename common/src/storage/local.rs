@@ -130,6 +130,58 @@ impl LocalStorage {
             }
         }
     }
+
+    /// Removes `dir` and its parents below the root while they are empty (what `delete`
+    /// leaves behind: an expired backup's directories, a 4 GiB stretch of old WAL), so that a
+    /// repository does not fill with empty directories. Best effort: a directory that is not
+    /// empty, or any error, stops it; `put` copes with a directory vanishing under it.
+    fn remove_empty_dirs(&self, dir: &Path) {
+        let mut dir = dir.to_path_buf();
+        while dir != self.root && dir.starts_with(&self.root) {
+            if fs::remove_dir(&dir).is_err() {
+                return;
+            }
+            let Some(parent) = dir.parent() else { return };
+            let _ = fsync_dir(parent);
+            dir = parent.to_path_buf();
+        }
+    }
+
+    /// Links (or renames) the staged file `tmp` into place at `dest` in `dir`, creating
+    /// the directory first.
+    fn put_staged(
+        &self,
+        key: &ObjectKey,
+        tmp: &Path,
+        owned: bool,
+        dest: &Path,
+        dir: &Path,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        create_dir_all_durable(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        match mode {
+            PutMode::CreateNew => fs::hard_link(tmp, dest).map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    StorageError::AlreadyExists { key: key.to_string() }
+                } else {
+                    StorageError::io("link", dest, e)
+                }
+            })?,
+            PutMode::Overwrite => {
+                if owned {
+                    fs::rename(tmp, dest).map_err(|e| StorageError::io("rename", dest, e))?;
+                } else {
+                    let t2 = temp_path(&self.root.join(SCRATCH), "put");
+                    fs::hard_link(tmp, &t2).map_err(|e| StorageError::io("link", &t2, e))?;
+                    fs::rename(&t2, dest).map_err(|e| {
+                        let _ = fs::remove_file(&t2);
+                        StorageError::io("rename", dest, e)
+                    })?;
+                }
+            }
+        }
+        fsync_dir(dir).map_err(|e| StorageError::io("fsync directory", dir, e))
+    }
 }
 
 #[async_trait]
@@ -141,28 +193,17 @@ impl Storage for LocalStorage {
             return Err(StorageError::AlreadyExists { key: key.to_string() });
         }
         let (tmp, owned) = self.stage(body)?;
-        let result = (|| {
-            create_dir_all_durable(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
-            match mode {
-                PutMode::CreateNew => fs::hard_link(&tmp, &dest).map_err(|e| {
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        StorageError::AlreadyExists { key: key.to_string() }
-                    } else {
-                        StorageError::io("link", &dest, e)
-                    }
-                })?,
-                PutMode::Overwrite => {
-                    if owned {
-                        fs::rename(&tmp, &dest).map_err(|e| StorageError::io("rename", &dest, e))?;
-                    } else {
-                        let t2 = temp_path(&self.root.join(SCRATCH), "put");
-                        fs::hard_link(&tmp, &t2).map_err(|e| StorageError::io("link", &t2, e))?;
-                        fs::rename(&t2, &dest).map_err(|e| StorageError::io("rename", &dest, e))?;
-                    }
-                }
+        // `delete` removes directories it empties: one may vanish between creating it and
+        // linking into it, so a link that finds no directory starts over (a few times).
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            match self.put_staged(key, &tmp, owned, &dest, &dir, mode) {
+                Err(StorageError::Io { ref source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempts < 5 => {}
+                r => break r,
             }
-            fsync_dir(&dir).map_err(|e| StorageError::io("fsync directory", &dir, e))
-        })();
+        };
         if owned {
             let _ = fs::remove_file(&tmp);
         }
@@ -225,13 +266,24 @@ impl Storage for LocalStorage {
                 }
                 let path = entry.path();
                 let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                let ft = entry.file_type().map_err(|e| StorageError::io("stat", &path, e))?;
+                // An entry deleted meanwhile (by `delete`, or its directory emptied) is
+                // simply not listed.
+                let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+                let ft = match entry.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(StorageError::io("stat", &path, e)),
+                };
                 if ft.is_dir() {
                     if prefix.starts_with(&format!("{rel}/")) || rel.starts_with(prefix) {
                         stack.push(path);
                     }
                 } else if ft.is_file() && rel.starts_with(prefix) {
-                    let size = entry.metadata().map_err(|e| StorageError::io("stat", &path, e))?.len();
+                    let size = match entry.metadata() {
+                        Ok(m) => m.len(),
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(StorageError::io("stat", &path, e)),
+                    };
                     out.push(ObjectInfo { key: ObjectKey(rel), size });
                 }
             }
@@ -245,7 +297,14 @@ impl Storage for LocalStorage {
         match fs::remove_file(&p) {
             Ok(()) => {
                 let dir = p.parent().unwrap_or(&self.root);
-                fsync_dir(dir).map_err(|e| StorageError::io("fsync directory", dir, e))
+                match fsync_dir(dir) {
+                    // A concurrent delete emptied and removed the directory (and fsynced
+                    // its parent): the removal is durable either way.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    r => r.map_err(|e| StorageError::io("fsync directory", dir, e))?,
+                }
+                self.remove_empty_dirs(dir);
+                Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io("remove", &p, e)),
@@ -280,6 +339,51 @@ mod tests {
         assert_eq!(fs::metadata(&tmp).unwrap().ino(), fs::metadata(dir.path().join("a/b")).unwrap().ino());
         assert_eq!(s.list("").await.unwrap().len(), 1, "scratch directory never listed");
         assert_eq!(fs::read(&tmp).unwrap(), b"hello", "caller's file left in place");
+    }
+
+    #[tokio::test]
+    async fn delete_removes_the_directories_it_empties_and_put_recreates_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let (ab, ac) = (ObjectKey::new("x/a/b").unwrap(), ObjectKey::new("x/a/c").unwrap());
+        let keep = ObjectKey::new("x/keep").unwrap();
+        for k in [&ab, &ac, &keep] {
+            s.put(k, Body::Bytes(Bytes::from_static(b"1")), PutMode::CreateNew).await.unwrap();
+        }
+        s.delete(&ab).await.unwrap();
+        assert!(dir.path().join("x/a").is_dir(), "still holds c");
+        s.delete(&ac).await.unwrap();
+        assert!(!dir.path().join("x/a").exists(), "emptied, removed");
+        assert!(dir.path().join("x").is_dir(), "holds keep");
+        s.delete(&keep).await.unwrap();
+        assert!(!dir.path().join("x").exists());
+        assert!(dir.path().is_dir(), "the root stays");
+        s.put(&ab, Body::Bytes(Bytes::from_static(b"2")), PutMode::CreateNew).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("x/a/b")).unwrap(), b"2");
+
+        // Many deletes at once in directories they empty: none fails because another one
+        // removed the directory under it.
+        let s = std::sync::Arc::new(s);
+        let keys: Vec<ObjectKey> = (0..64).map(|i| ObjectKey::new(format!("y/{}/{i}", i % 4)).unwrap()).collect();
+        for k in &keys {
+            s.put(k, Body::Bytes(Bytes::from_static(b"1")), PutMode::CreateNew).await.unwrap();
+        }
+        let tasks: Vec<_> = keys
+            .into_iter()
+            .map(|k| {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || block_on(s.delete(&k)))
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert!(!dir.path().join("y").exists());
+    }
+
+    /// Runs a future to completion on this (blocking) thread.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     #[tokio::test]
