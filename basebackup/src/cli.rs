@@ -123,3 +123,61 @@ impl Command {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    const UNIT: &str = include_str!("../../docs/systemd/pitr-basebackup.service");
+    const ENV_FILE: &str = include_str!("../../docs/systemd/pitr-basebackup.env");
+
+    /// Each ExecStart of the example unit is a valid command line: a backup, then retention
+    /// (the unit uses no quoting or variables, so splitting on whitespace is what systemd
+    /// does too).
+    #[test]
+    fn systemd_unit_command_lines_parse() {
+        let execs: Vec<Vec<&str>> =
+            UNIT.lines().filter_map(|l| l.strip_prefix("ExecStart=")).map(|l| l.split_whitespace().collect()).collect();
+        let parsed: Vec<Cli> = execs
+            .iter()
+            .map(|exec| {
+                assert!(exec[0].ends_with("/basebackup"), "{exec:?}");
+                assert!(!exec.iter().any(|a| a.contains(['$', '"', '\''])), "no quoting or variables: {exec:?}");
+                Cli::try_parse_from(exec.iter().copied()).unwrap_or_else(|e| panic!("{exec:?}: {e}"))
+            })
+            .collect();
+        assert!(
+            matches!(
+                parsed[..],
+                [Cli { command: Command::Create { .. }, .. }, Cli { command: Command::Expire { .. }, .. }]
+            ),
+            "{parsed:?}"
+        );
+    }
+
+    /// Every `PITR_*` variable in the example environment file (also commented-out ones) is
+    /// one the program reads, and it sets a retention policy.
+    #[test]
+    fn systemd_environment_file_names_real_variables() {
+        let cmd = Cli::command();
+        let mut known: Vec<String> =
+            cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into()).collect();
+        for sub in cmd.get_subcommands() {
+            known.extend(sub.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()));
+        }
+        known.push("PITR_LOG".to_string());
+        let mut seen = vec![];
+        for line in ENV_FILE.lines().map(|l| l.trim_start_matches('#')) {
+            let Some((key, _)) = line.split_once('=') else { continue };
+            if key.starts_with("PITR_") {
+                assert!(known.iter().any(|k| k == key), "{key} in pitr-basebackup.env is not a setting of basebackup");
+                seen.push(key);
+            }
+        }
+        for needed in ["PITR_REPO", "PITR_DBNAME", "PITR_KEEP_WITHIN"] {
+            assert!(seen.contains(&needed), "{needed} missing from the example");
+        }
+    }
+}
