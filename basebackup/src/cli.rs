@@ -92,7 +92,7 @@ pub enum Command {
     /// time within --keep-within (those that ended inside the window and the newest one that
     /// ended before it); with both, what either keeps. The newest backup is never expired.
     /// Deletes each expired backup's catalog entry first, then its chunks and manifest, then
-    /// the WAL before the oldest kept backup's first segment (history files stay). Objects of
+    /// the WAL before the first segment of the kept backups (history files stay). Objects of
     /// backups that never got a catalog entry are deleted once they are older than the oldest
     /// kept backup and 48 hours old. Prints what was kept and deleted.
     Expire {

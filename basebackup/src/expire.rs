@@ -10,7 +10,7 @@
 //!
 //! Deletion order, so that an interruption leaves nothing a reader could misuse: each expired
 //! backup's catalog entry goes first (from then on the backup does not exist), then its chunks
-//! and manifest, then the WAL before the oldest kept backup's first segment (every kept
+//! and manifest, then the WAL before the lowest first segment of the kept backups (every kept
 //! backup starts at or after it, and recovery only reads forward). History files are kept.
 //! Objects of backups without a catalog entry (an interrupted backup or expire) are deleted
 //! once they are older than the oldest kept backup and [`ORPHAN_GRACE`] old: a backup still
@@ -129,7 +129,7 @@ pub struct ExpirePlan {
     pub kept: Vec<BackupEntry>,
     /// Backups expired, oldest first.
     pub expired: Vec<BackupEntry>,
-    /// The first WAL segment kept: the oldest kept backup's first segment.
+    /// The first WAL segment kept: the lowest first segment of the kept backups.
     pub wal_keep_from: Option<String>,
     /// WAL objects before it (segments, `.partial`, `.backup`; the receiver's partials).
     pub wal: Vec<ObjectInfo>,
@@ -166,6 +166,26 @@ fn wal_name_of(key: &str) -> Option<WalFileName> {
     WalFileName::parse(file).ok()
 }
 
+/// The segment size, and the lowest first segment (number and name) of the kept backups:
+/// WAL before it is needed by none of them. Usually the oldest backup's, but not always: a
+/// backup taken on a timeline that forked before an older backup's start begins lower.
+fn wal_cut(kept: &[BackupEntry]) -> Result<(WalSegmentSize, u64, String), Failure> {
+    let bad = |e: &BackupEntry, what: String| Failure::msg(FailureKind::Corrupt, format!("backup {}: {what}", e.id));
+    let size = WalSegmentSize::new(kept[0].segment_size).map_err(|err| bad(&kept[0], err.to_string()))?;
+    let mut cut: Option<(u64, String)> = None;
+    for e in kept {
+        let n = WalFileName::parse(&e.wal_start_segment)
+            .ok()
+            .and_then(|n| n.segment_number(size).ok().flatten())
+            .ok_or_else(|| bad(e, format!("first WAL segment {:?} in its catalog entry", e.wal_start_segment)))?;
+        if cut.as_ref().is_none_or(|(c, _)| n < *c) {
+            cut = Some((n, e.wal_start_segment.clone()));
+        }
+    }
+    let (n, name) = cut.expect("at least one backup is kept");
+    Ok((size, n, name))
+}
+
 /// Works out what `policy` expires at `now`, from listings and catalog entries only.
 pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Result<ExpirePlan, Failure> {
     let entries = catalog::list_entries(repo).await?;
@@ -175,18 +195,8 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     let mut plan =
         ExpirePlan { expired: entries[..from].to_vec(), kept: entries[from..].to_vec(), ..Default::default() };
     let oldest = &plan.kept[0];
-    let size = WalSegmentSize::new(oldest.segment_size)
-        .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("backup {}: {e}", oldest.id)))?;
-    let cut = WalFileName::parse(&oldest.wal_start_segment)
-        .ok()
-        .and_then(|n| n.segment_number(size).ok().flatten())
-        .ok_or_else(|| {
-            Failure::msg(
-                FailureKind::Corrupt,
-                format!("backup {}: first WAL segment {:?} in its catalog entry", oldest.id, oldest.wal_start_segment),
-            )
-        })?;
-    plan.wal_keep_from = Some(oldest.wal_start_segment.clone());
+    let (size, cut, first) = wal_cut(&plan.kept)?;
+    plan.wal_keep_from = Some(first);
 
     let prefix = catalog::backups_prefix(repo.cluster());
     let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
@@ -416,6 +426,20 @@ mod tests {
         // Both rules: the union.
         assert_eq!(oldest_kept(&b, &policy(Some(4), Some("1h")), NOW).unwrap(), Some(1));
         assert_eq!(oldest_kept(&b, &policy(Some(1), Some("4d")), NOW).unwrap(), Some(2));
+    }
+
+    #[test]
+    fn wal_is_kept_from_the_lowest_start_of_any_kept_backup() {
+        // The newest backup is on timeline 2, which forked (after a restore to an earlier
+        // time) before the older kept backup's start: its WAL starts lower.
+        let mut b = five()[3..].to_vec();
+        let size = WalSegmentSize::DEFAULT;
+        b[1].start_timeline = TimelineId(2);
+        b[1].wal_start_segment = WalFileName::segment(TimelineId(2), 6, size).to_string();
+        let (_, cut, name) = wal_cut(&b).unwrap();
+        assert_eq!((cut, name.as_str()), (6, "000000020000000000000006"));
+        b[1].wal_start_segment = "garbage".into();
+        assert_eq!(wal_cut(&b).unwrap_err().kind, FailureKind::Corrupt);
     }
 
     async fn put(storage: &dyn Storage, key: &str, len: usize) {
