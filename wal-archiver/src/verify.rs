@@ -337,7 +337,7 @@ pub async fn check(repo: &Repository, opts: Options) -> Result<Report, Failure> 
         objects.before_range
     );
     let mut archived = Archived::default();
-    let mut partials = BTreeSet::new();
+    let (mut partials, mut complete) = (BTreeSet::new(), BTreeSet::new());
     let mut pending = JoinSet::new();
     let mut todo = todo.into_iter();
     let mut done = 0;
@@ -381,39 +381,42 @@ pub async fn check(repo: &Repository, opts: Options) -> Result<Report, Failure> 
         if present && matches!(name.kind, WalFileKind::Segment | WalFileKind::Partial) {
             if let Ok(Some(s)) = name.segment_number(size) {
                 archived.segments.entry(name.timeline).or_default().insert(s);
-                if name.kind == WalFileKind::Partial {
-                    partials.insert((name.timeline, s));
-                } else {
-                    partials.remove(&(name.timeline, s));
-                }
+                if name.kind == WalFileKind::Partial { &mut partials } else { &mut complete }
+                    .insert((name.timeline, s));
             }
         }
     }
     damaged.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(report(repo, size, from, range, opts, &archived, &partials, &must_hold, damaged, objects))
+    let partial_only: BTreeSet<_> = partials.difference(&complete).copied().collect();
+    let chain = verify_chain::check(&archived, size, from, &must_hold);
+    let (timelines, gaps, missing_histories) = describe(&chain, size, &partial_only);
+    let ok = gaps.is_empty() && missing_histories.is_empty() && damaged.is_empty();
+    Ok(Report {
+        cluster: repo.cluster().to_string(),
+        headers_only: opts.headers_only,
+        range,
+        timelines,
+        gaps,
+        missing_histories,
+        damaged,
+        objects,
+        ok,
+    })
 }
 
-/// Assembles the report from the chain check.
-#[allow(clippy::too_many_arguments)]
-fn report(
-    repo: &Repository,
+/// The chain check's findings with file names; `partial_only` are the segments archived
+/// only as `.partial` files.
+fn describe(
+    chain: &verify_chain::Chain,
     size: WalSegmentSize,
-    from: u64,
-    range: RangeStart,
-    opts: Options,
-    archived: &Archived,
-    partials: &BTreeSet<(TimelineId, u64)>,
-    must_hold: &[(TimelineId, u64)],
-    damaged: Vec<Damaged>,
-    objects: Objects,
-) -> Report {
-    let chain = verify_chain::check(archived, size, from, must_hold);
+    partial_only: &BTreeSet<(TimelineId, u64)>,
+) -> (Vec<TimelineReport>, Vec<GapReport>, Vec<String>) {
     let seg = |tli: TimelineId, s: u64| WalFileName::segment(tli, s, size);
     let shown = |tli: TimelineId, s: u64| {
         let n = seg(tli, s);
-        if partials.contains(&(tli, s)) { n.with_kind(WalFileKind::Partial) } else { n }.to_string()
+        if partial_only.contains(&(tli, s)) { n.with_kind(WalFileKind::Partial) } else { n }.to_string()
     };
-    let timelines = chain
+    let timelines: Vec<TimelineReport> = chain
         .timelines
         .iter()
         .map(|t| TimelineReport {
@@ -434,20 +437,8 @@ fn report(
             segments: g.last - g.first + 1,
         })
         .collect();
-    let missing_histories: Vec<String> =
-        chain.missing_histories.iter().map(|t| WalFileName::history(*t).to_string()).collect();
-    let ok = gaps.is_empty() && missing_histories.is_empty() && damaged.is_empty();
-    Report {
-        cluster: repo.cluster().to_string(),
-        headers_only: opts.headers_only,
-        range,
-        timelines,
-        gaps,
-        missing_histories,
-        damaged,
-        objects,
-        ok,
-    }
+    let missing_histories = chain.missing_histories.iter().map(|t| WalFileName::history(*t).to_string()).collect();
+    (timelines, gaps, missing_histories)
 }
 
 /// Checks one object: fully through the codec (or only its header), then its content.
