@@ -195,7 +195,10 @@ pub fn render(r: &Report) -> String {
             _ => String::new(),
         };
         match (&t.first, &t.last) {
-            (Some(f), Some(l)) => line(format!("timeline {}: {f} .. {l}, {} segments{begins}", t.timeline, t.segments)),
+            (Some(f), Some(l)) => {
+                let plural = if t.segments == 1 { "" } else { "s" };
+                line(format!("timeline {}: {f} .. {l}, {} segment{plural}{begins}", t.timeline, t.segments))
+            }
             _ => line(format!("timeline {}: no segments in the range{begins}", t.timeline)),
         }
     }
