@@ -226,6 +226,13 @@ impl Repository {
     }
 }
 
+/// The WAL file a listed key holds: the name of its last `/`-separated part without `.zst`,
+/// when that is a WAL file name (keys under `wal/` and `receiver/`; anything else is `None`).
+pub fn wal_file_of_key(key: &ObjectKey) -> Option<WalFileName> {
+    let file = key.as_str().rsplit('/').next()?.strip_suffix(".zst")?;
+    WalFileName::parse(file).ok()
+}
+
 /// Repository-level failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -346,6 +353,19 @@ mod tests {
         let junk = WalFileName::parse("000000010000000000000007").unwrap();
         r.storage().put(&r.wal_key(&junk), Body::Bytes(vec![1u8; 300].into()), PutMode::CreateNew).await.unwrap();
         assert!(matches!(r.wal_summary(&junk).await, Err(RepositoryError::Corrupt(_))));
+    }
+
+    #[test]
+    fn wal_files_of_listed_keys() {
+        let r = repo();
+        let seg = WalFileName::parse("000000010000000A000000FF").unwrap();
+        for name in [seg, seg.with_kind(WalFileKind::Partial), WalFileName::history(TimelineId(3))] {
+            assert_eq!(wal_file_of_key(&r.wal_key(&name)), Some(name));
+        }
+        assert_eq!(wal_file_of_key(&r.receiver_partial_key(&seg)), Some(seg.with_kind(WalFileKind::Partial)));
+        for other in ["main/cluster.json", "main/wal/0000000100000000/junk.zst", "main/wal/00000002.history"] {
+            assert_eq!(wal_file_of_key(&ObjectKey::new(other).unwrap()), None, "{other}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::exit::{Failure, FailureKind};
-use common::repository::Repository;
+use common::repository::{wal_file_of_key, Repository};
 use common::retry::retry;
 use common::wal::history::HistoryEntry;
 use common::wal::record::{self, SegmentSummary};
@@ -104,14 +104,11 @@ impl WalSource for RepoSource {
         let objects = retry(self.repo.retry_policy(), "list WAL", || storage.list(&prefix)).await?;
         let mut out = Listing::default();
         for o in objects {
-            let Some(file) = o.key.as_str().rsplit('/').next().and_then(|f| f.strip_suffix(".zst")) else {
-                continue;
-            };
-            match WalFileName::parse(file) {
-                Ok(n) if n.kind == WalFileKind::Segment => {
+            match wal_file_of_key(&o.key) {
+                Some(n) if n.kind == WalFileKind::Segment => {
                     out.segments.insert(n);
                 }
-                Ok(n) if n.kind == WalFileKind::History => {
+                Some(n) if n.kind == WalFileKind::History => {
                     out.histories.insert(n.timeline);
                 }
                 _ => {}

@@ -15,8 +15,9 @@ PostgreSQL settings:
 Exit status: 0 success; 1 (get) the file is not in the repository; 2 usage error; 3 invalid
 WAL file; 4 conflict: different content already archived or another cluster's WAL; 5
 repository unreachable or failing after retries; 6 damaged object in the repository; 7 bad
-configuration; 8 local file error. get reports every failure except 1 as 200 + code (e.g.
-205), so that PostgreSQL aborts recovery instead of ending it early. See docs/exit-codes.md.";
+configuration; 8 local file error. verify exits 6 when it finds any gap, missing history
+file or damaged object. get reports every failure except 1 as 200 + code (e.g. 205), so that
+PostgreSQL aborts recovery instead of ending it early. See docs/exit-codes.md.";
 
 /// Archive PostgreSQL WAL into a pitr repository and fetch it back.
 #[derive(Debug, Parser)]
@@ -125,6 +126,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that the archived WAL can carry a restore: no gaps, every object intact, a
+    /// history file for every timeline.
+    ///
+    /// Checks the range from the first segment of the oldest backup in the catalog (or, with
+    /// --all or without backups, from the first archived segment) to the last archived
+    /// segment. Along every timeline, from where it begins (its history file's switch point)
+    /// to its end (the last archived segment, or for a timeline a later one forked from, the
+    /// switch point), every segment must be archived; each missing stretch is a gap. A
+    /// timeline above 1 needs its history file. Every object in the range is read as `get`
+    /// reads it (zstd checksum, size, BLAKE3 digest); a segment's first page must match its
+    /// name and the cluster (system identifier, page address, timeline). Reports every
+    /// problem found, then exits 6 if there was any (0 if none; 5 storage, 7 configuration).
+    Verify {
+        /// Check from the first archived segment, not from the oldest backup's.
+        #[arg(long)]
+        all: bool,
+        /// Read only the object headers (and the history files): finds gaps, missing history
+        /// files and unreadable headers, not damaged content. Cheap enough for a daily cron.
+        #[arg(long)]
+        headers_only: bool,
+        /// One JSON document instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {
@@ -134,6 +159,7 @@ impl Command {
             Command::Push { .. } => "push",
             Command::Get { .. } => "get",
             Command::List { .. } => "list",
+            Command::Verify { .. } => "verify",
             Command::Receive { .. } => "receive",
             Command::PrefetchWorker { .. } => "prefetch-worker",
             Command::PushAheadWorker { .. } => "push-ahead-worker",

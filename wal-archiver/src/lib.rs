@@ -12,6 +12,8 @@ pub mod receive_http;
 pub mod receive_metrics;
 pub mod receive_spool;
 pub mod receive_upload;
+pub mod verify;
+pub mod verify_chain;
 pub mod worker;
 
 use common::config::Config;
@@ -25,6 +27,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
     if let Command::Receive { .. } = cli.command {
         return run_receive(&config, cli.command);
+    }
+    if let Command::Verify { all, headers_only, json } = cli.command {
+        // Several objects are read and decompressed at once.
+        let rt = common::cmdline::runtime(2)?;
+        let opts = verify::Options { all, headers_only };
+        return common::cmdline::run_as_task(&rt, async move { verify::verify(&config, opts, json).await });
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -40,6 +48,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Command::PrefetchWorker { after, spool } => prefetch::worker(&config, &spool, &after).await,
             Command::PushAheadWorker { pg_wal } => push_ahead::worker(&config, &pg_wal).await,
             Command::Receive { .. } => unreachable!("run_receive"),
+            Command::Verify { .. } => unreachable!("a runtime of its own"),
         }
     })
 }

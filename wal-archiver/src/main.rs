@@ -1,6 +1,7 @@
 //! `wal-archiver`: PostgreSQL's archive_command (`push %p`) and restore_command
-//! (`get %f %p`), plus `list`. Parses the command line, sets up logging, runs the command and
-//! turns its outcome into the documented exit status; everything else is in the library.
+//! (`get %f %p`), plus `list` and `verify`. Parses the command line, sets up logging, runs the
+//! command and turns its outcome into the documented exit status; everything else is in the
+//! library.
 
 use std::process::ExitCode;
 

@@ -34,7 +34,7 @@ use common::pgwire::{
     BackendMessage, ConnParams, Connection, ConnectionWriter, CopyBothStart, PgWireError, Replication,
     ReplicationMessage, StandbyStatusUpdate,
 };
-use common::repository::{ClusterInfo, Repository};
+use common::repository::{wal_file_of_key, ClusterInfo, Repository};
 use common::retry::retry;
 use common::wal::{PgMajor, SystemId, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use tokio::sync::{mpsc, watch};
@@ -880,8 +880,7 @@ pub async fn start_position(
     let newest_listed = listed
         .iter()
         .filter_map(|o| {
-            let file = o.key.as_str().rsplit('/').next()?.strip_suffix(".zst")?;
-            let name = WalFileName::parse(file).ok()?;
+            let name = wal_file_of_key(&o.key)?;
             (name.kind == WalFileKind::Segment && name.timeline == tli).then_some(name)
         })
         .filter_map(|n| n.segment_number(seg_size).ok().flatten())
@@ -926,8 +925,7 @@ pub async fn start_position(
     let partial_object = receiver_objects
         .iter()
         .filter_map(|o| {
-            let file = o.key.as_str().rsplit('/').next()?.strip_suffix(".zst")?;
-            let name = WalFileName::parse(file).ok()?;
+            let name = wal_file_of_key(&o.key)?;
             (name.kind == WalFileKind::Partial && name.timeline == tli).then_some(name)
         })
         .filter_map(|n| n.segment_number(seg_size).ok().flatten())
