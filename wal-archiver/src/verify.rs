@@ -1,8 +1,8 @@
 //! `verify`: whether the cluster's archived WAL can carry a restore, checked without a server
 //! (the design's "WAL chain: gaps, checksums, timelines"), for operators and a daily cron.
 //!
-//! One listing of `wal/` finds the objects; the catalog gives the range: from the first
-//! segment of the oldest finished backup (WAL before it serves no restore), or with `--all`
+//! One listing of `wal/` finds the objects; the catalog gives the range: from the lowest first
+//! segment of the finished backups (WAL before it serves no restore), or with `--all`
 //! (or without backups) from the first archived segment, to the last archived one. Then:
 //! - every object in the range is read through the same codec path as `get` (zstd frame
 //!   checksum, size and BLAKE3 digest against its header), its header must name the file it

@@ -5,9 +5,9 @@
 //! timeline begins: the segment holding its switch point, per its history file) up to its
 //! end: for a timeline that a later history file names as a parent, the segment before the
 //! one holding its earliest switch point (recovery reads the switch segment from the child
-//! timeline, `XLogFileReadAnyTLI`); otherwise its last archived segment. Segments a parent
-//! holds after its switch point (the last `.partial`, or WAL of another history) are allowed
-//! but not required. A timeline above 1 with WAL but no history file has unknown ancestry,
+//! timeline, `XLogFileReadAnyTLI`), or its last archived segment if that is later (a parent
+//! that went on after the switch, e.g. an old primary that kept running, is a history that
+//! `--target-timeline` can follow, so a hole in it is a gap too). A timeline above 1 with WAL but no history file has unknown ancestry,
 //! which recovery cannot follow.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,10 +84,12 @@ pub fn check(archived: &Archived, size: WalSegmentSize, from: u64, must_hold: &[
         if tli.0 > 1 && history.is_none() && needs_wal {
             out.missing_histories.push(tli);
         }
-        // Where the timeline stops being required: before its earliest switch segment, or
-        // at its last archived segment.
+        // Where the timeline stops being required: its last archived segment, and for a
+        // parent at least the segment before its earliest switch segment. WAL a parent goes
+        // on with after the switch (an old primary that kept running) is a history of its
+        // own that `--target-timeline` can follow, so holes in it count too.
         let end = match history::ended_at(tli, parsed()) {
-            Some(switch) => switch.segment_number(size).checked_sub(1),
+            Some(switch) => switch.segment_number(size).checked_sub(1).max(present.last().copied()),
             None => present.last().copied(),
         };
         let end = must_hold.iter().filter(|(t, _)| *t == tli).map(|(_, s)| Some(*s)).fold(end, Option::max);
@@ -172,14 +174,21 @@ mod tests {
     #[test]
     fn a_timeline_switch_is_followed() {
         // A promotion inside segment 5: timeline 1 ends with 5.partial, timeline 2 starts at
-        // 5; timeline 1 also went on as another history (7 and 9, a hole at 8).
+        // 5.
         let two = Some(vec![entry(1, "0/5000100")]);
-        let a = archived(&[(1, &[3, 4, 5, 7, 9]), (2, &[5, 6, 7])], &[(2, two.clone())]);
+        let a = archived(&[(1, &[3, 4, 5]), (2, &[5, 6, 7])], &[(2, two.clone())]);
         let c = check(&a, SIZE, 3, &[]);
-        assert_eq!(c.gaps, vec![], "timeline 1 after its switch point is not required");
-        assert_eq!(c.timelines[0].required, Some((3, 4)));
+        assert_eq!(c.gaps, vec![]);
+        assert_eq!(c.timelines[0].required, Some((3, 5)));
         assert_eq!(c.timelines[1].begins, Some(5));
         assert_eq!(c.timelines[1].required, Some((5, 7)));
+
+        // Timeline 1 also went on after the switch (the old primary): a hole in what it
+        // archived there is a gap of that history.
+        let a = archived(&[(1, &[3, 4, 5, 6, 7, 9]), (2, &[5, 6, 7])], &[(2, two.clone())]);
+        let c = check(&a, SIZE, 3, &[]);
+        assert_eq!(c.gaps, vec![gap(1, 8, 8)]);
+        assert_eq!(c.timelines[0].required, Some((3, 9)));
 
         // A hole on either side of the switch is a gap.
         let a = archived(&[(1, &[3, 5]), (2, &[5, 7])], &[(2, two.clone())]);
@@ -196,7 +205,7 @@ mod tests {
         let c = check(&a, SIZE, 3, &[]);
         assert_eq!(c.gaps, vec![]);
         let required: Vec<_> = c.timelines.iter().map(|tl| (tl.tli.0, tl.required)).collect();
-        assert_eq!(required, vec![(1, Some((3, 4))), (2, Some((5, 7))), (3, Some((8, 9)))]);
+        assert_eq!(required, vec![(1, Some((3, 4))), (2, Some((5, 8))), (3, Some((8, 9)))]);
     }
 
     #[test]
