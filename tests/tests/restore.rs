@@ -412,6 +412,12 @@ fn expire_keeps_every_restore_the_policy_promises() {
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.contains(&new));
     basebackup_cmd(&repo, &["verify", "--all"]).ok();
+    // The WAL that is left is a sound chain from the kept backup on (wal-archiver verify
+    // starts where the oldest backup does, and reads every object).
+    let mut v = as_postgres(bins::wal_archiver(), &repo);
+    v.arg("verify");
+    let out = bins::run(v).ok().to_string();
+    assert!(out.contains(&format!("WAL from {first_kept}")) && out.trim_end().ends_with("OK"), "{out}");
 
     // What the policy keeps restores; what only the expired backup reached is refused.
     let (s, _) = restore_and_start(&repo, "expire-latest", &[]);
