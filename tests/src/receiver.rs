@@ -33,6 +33,12 @@ impl ReceiverProc {
         ReceiverProc { child, log }
     }
 
+    /// The environment the running receiver has (from /proc), one `KEY=value` each.
+    pub fn environment(&self) -> Vec<String> {
+        let raw = fs::read(format!("/proc/{}/environ", self.child.id())).unwrap_or_default();
+        raw.split(|&b| b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+    }
+
     /// Its stderr so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

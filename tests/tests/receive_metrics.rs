@@ -117,6 +117,10 @@ fn metrics_and_health_follow_the_stream() {
     let scraper = Scraper { port: metrics_port(&rx) };
     wait_streaming(&primary, &rx, false);
     assert_eq!(scraper.wait_health(200, &rx), "ok\n");
+    // The receiver runs itself again (same pid) with a fixed malloc mmap threshold, so that
+    // segment-sized buffers freed on its blocking threads go back to the system.
+    let env = rx.environment();
+    assert!(env.iter().any(|v| v == "MALLOC_MMAP_THRESHOLD_=4194304"), "{env:?}");
 
     // Every metric is announced with HELP and TYPE.
     let text = scraper.metrics();

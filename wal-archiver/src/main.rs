@@ -15,6 +15,11 @@ fn main() -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     common::telemetry::init(cli.verbose);
+    if matches!(cli.command, Command::Receive { .. }) {
+        if let Some(e) = wal_archiver::worker::exec_with_fixed_mmap_threshold() {
+            tracing::warn!(error = %e, "cannot restart with a fixed malloc mmap threshold; memory use may grow");
+        }
+    }
     let is_get = matches!(cli.command, Command::Get { .. });
     let what = cli.command.name();
     match wal_archiver::run(cli) {
