@@ -89,12 +89,14 @@ pub enum Command {
     /// Retention: delete the backups the policy no longer keeps, and the WAL only they need.
     ///
     /// Keeps the newest --keep-backups backups and/or every backup needed to restore to any
-    /// time within --keep-within (those that ended inside the window and the newest one that
-    /// ended before it); with both, what either keeps. The newest backup is never expired.
-    /// Deletes each expired backup's catalog entry first, then its chunks and manifest, then
-    /// the WAL before the first segment of the kept backups (history files stay). Objects of
-    /// backups that never got a catalog entry are deleted once they are older than the oldest
-    /// kept backup and 48 hours old. Prints what was kept and deleted.
+    /// time within --keep-within (from the newest one that ended before the window on); with
+    /// both, what either keeps. The policy applies to all backups and again to those on the
+    /// newest timeline's path (after a restore forked a timeline), keeping what either keeps;
+    /// the newest backup is never expired. Prints the plan, then deletes each expired
+    /// backup's catalog entry first, then its chunks and manifest, then the WAL before the
+    /// first segment of the kept backups (history files stay). Objects of backups that never
+    /// got a catalog entry are deleted once they are older than the oldest kept backup and 7
+    /// days old.
     Expire {
         /// Keep the newest N backups (at least 1) [file key `keep-backups`].
         #[arg(long, env = "PITR_KEEP_BACKUPS", value_name = "N")]

@@ -3,19 +3,22 @@
 //! anything a kept backup needs: every restore the policy promises still works afterwards.
 //!
 //! The policy keeps the newest `keep-backups` backups and/or, with `keep-within D`, every
-//! backup needed to restore to any moment of the last D (the backups that ended inside the
-//! window and the newest one that ended before it). Both together keep the union. Backups
-//! are ordered by id (start time), so what is kept is always the newest ones and what goes is
-//! a run of the oldest: the newest backup is never expired.
+//! backup from the newest one (by id, the start time) that ended before the window on: a
+//! restore to any moment of the last D starts from one of them. Both together keep the union.
+//! The policy is applied twice and what either keeps is kept: to all backups, and to the
+//! backups on the newest timeline's path (after a point-in-time restore forked a timeline,
+//! the newest backups by time may be on the abandoned branch, while the live timeline still
+//! needs the backup it was restored from). The newest backup is never expired.
 //!
 //! Deletion order, so that an interruption leaves nothing a reader could misuse: each expired
 //! backup's catalog entry goes first (from then on the backup does not exist), then its chunks
 //! and manifest, then the WAL before the lowest first segment of the kept backups (every kept
 //! backup starts at or after it, and recovery only reads forward). History files are kept.
-//! Objects of backups without a catalog entry (an interrupted backup or expire) are deleted
-//! once they are older than the oldest kept backup and [`ORPHAN_GRACE`] old: a backup still
-//! running has no entry yet either.
+//! Objects of backups without a catalog entry (an interrupted backup or expire; checked by
+//! exact key, a listing may lag) are deleted once they are older than the oldest kept backup
+//! and [`ORPHAN_GRACE`] old: a backup still running has no entry yet either.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::catalog::{self, BackupEntry};
@@ -24,7 +27,8 @@ use common::exit::{Failure, FailureKind};
 use common::repository::Repository;
 use common::retry::retry;
 use common::storage::{ObjectInfo, ObjectKey};
-use common::wal::{WalFileKind, WalFileName, WalSegmentSize};
+use common::wal::timeline_path::TimelinePath;
+use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -32,7 +36,7 @@ use crate::progress::human;
 
 /// How old (by its id, the start time) a backup without a catalog entry must be before its
 /// objects are deleted: a backup in progress has no entry yet.
-pub const ORPHAN_GRACE: Duration = Duration::from_secs(48 * 3600);
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Deletions in flight at once (each is one request to the store).
 const PARALLEL_DELETES: usize = 16;
@@ -52,12 +56,12 @@ impl Policy {
     pub fn resolve(keep_backups: Option<u32>, keep_within: Option<&str>) -> Result<Policy, Failure> {
         let usage = |m: String| Failure::msg(FailureKind::Usage, m);
         if keep_backups == Some(0) {
-            return Err(usage("--keep-backups must be at least 1: the newest backup is never expired".into()));
+            return Err(usage("keep-backups must be at least 1: the newest backup is never expired".into()));
         }
         let keep_within = match keep_within {
             Some(s) => {
                 let d = humantime::parse_duration(s.trim())
-                    .map_err(|e| usage(format!("invalid --keep-within {s:?}: {e} (use e.g. 7d, 36h, 2weeks)")))?;
+                    .map_err(|e| usage(format!("invalid keep-within {s:?}: {e} (use e.g. 7d, 36h, 2weeks)")))?;
                 Some(d)
             }
             None => None,
@@ -93,7 +97,7 @@ fn window_start(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
 
 /// Index (into `entries`, oldest first) of the oldest backup `policy` keeps at `now`;
 /// `None` when there are no backups. Every backup from there on is kept.
-pub fn oldest_kept(entries: &[BackupEntry], policy: &Policy, now: OffsetDateTime) -> Result<Option<usize>, Failure> {
+pub fn oldest_kept(entries: &[&BackupEntry], policy: &Policy, now: OffsetDateTime) -> Result<Option<usize>, Failure> {
     let Some(newest) = entries.len().checked_sub(1) else {
         return Ok(None);
     };
@@ -122,9 +126,73 @@ pub fn oldest_kept(entries: &[BackupEntry], policy: &Policy, now: OffsetDateTime
     Ok(Some(keep_from))
 }
 
+/// Which of `entries` (oldest first) `policy` keeps: the policy applied to all backups, and
+/// applied again to the backups on `latest`, the newest timeline's path (those a restore
+/// of the live timeline can start from, as `pitr-restore` chooses them); kept by either.
+/// After a point-in-time restore forked a new timeline, the newest backups by time may lie
+/// on the abandoned branch, while the live timeline still needs the backup it was restored
+/// from and the WAL after it.
+pub fn kept(
+    entries: &[BackupEntry],
+    latest: &TimelinePath,
+    policy: &Policy,
+    now: OffsetDateTime,
+) -> Result<Vec<bool>, Failure> {
+    let mut keep = vec![false; entries.len()];
+    let all: Vec<usize> = (0..entries.len()).collect();
+    let on_path: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let b = &entries[i];
+            latest.holds(b.start_timeline, b.start_lsn) && latest.holds(b.stop_timeline, b.stop_lsn)
+        })
+        .collect();
+    for set in [all, on_path] {
+        let refs: Vec<&BackupEntry> = set.iter().map(|&i| &entries[i]).collect();
+        if let Some(from) = oldest_kept(&refs, policy, now)? {
+            for &i in &set[from..] {
+                keep[i] = true;
+            }
+        }
+    }
+    Ok(keep)
+}
+
+/// The newest timeline (from the history files listed, probing the next ones by exact key
+/// as PostgreSQL does, and the backups' own) and its path. Without its history file nothing
+/// can tell which backups restore it: refused, nothing deleted.
+async fn latest_path(
+    repo: &Repository,
+    histories: &[TimelineId],
+    entries: &[BackupEntry],
+) -> Result<TimelinePath, Failure> {
+    let listed = histories.iter().chain(entries.iter().map(|e| &e.stop_timeline)).max().copied();
+    let mut tli = listed.unwrap_or(TimelineId(1));
+    while repo.history(TimelineId(tli.0 + 1)).await?.is_some() {
+        tli = TimelineId(tli.0 + 1);
+    }
+    if tli.0 == 1 {
+        return Ok(TimelinePath::new(tli, &[]));
+    }
+    match repo.history(tli).await? {
+        Some(h) => Ok(TimelinePath::new(tli, &h)),
+        None => Err(Failure::msg(
+            FailureKind::Corrupt,
+            format!(
+                "timeline {tli}, the newest, has no history file ({:08X}.history) in the repository: which backups \
+                 restore it is unknown, so nothing is expired",
+                tli.0
+            ),
+        )),
+    }
+}
+
 /// Everything one run deletes (or, dry, would delete).
 #[derive(Debug, Default)]
 pub struct ExpirePlan {
+    /// The newest timeline's path (`1 → 2 (from …)`), whose backups the policy also keeps.
+    pub latest_path: String,
     /// Backups kept, oldest first.
     pub kept: Vec<BackupEntry>,
     /// Backups expired, oldest first.
@@ -186,52 +254,74 @@ fn wal_cut(kept: &[BackupEntry]) -> Result<(WalSegmentSize, u64, String), Failur
     Ok((size, n, name))
 }
 
-/// Works out what `policy` expires at `now`, from listings and catalog entries only.
+/// Works out what `policy` expires at `now`, from listings, catalog entries and history files.
 pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Result<ExpirePlan, Failure> {
     let entries = catalog::list_entries(repo).await?;
-    let Some(from) = oldest_kept(&entries, policy, now)? else {
+    if entries.is_empty() {
         return Ok(ExpirePlan::default());
-    };
-    let mut plan =
-        ExpirePlan { expired: entries[..from].to_vec(), kept: entries[from..].to_vec(), ..Default::default() };
-    let oldest = &plan.kept[0];
+    }
+    let mut wal = vec![];
+    for prefix in [repo.wal_prefix(), repo.receiver_prefix()] {
+        wal.extend(retry(repo.retry_policy(), "list WAL", || repo.storage().list(&prefix)).await?);
+    }
+    let histories: Vec<TimelineId> = wal
+        .iter()
+        .filter_map(|o| wal_name_of(o.key.as_str()))
+        .filter(|n| n.kind == WalFileKind::History)
+        .map(|n| n.timeline)
+        .collect();
+    let path = latest_path(repo, &histories, &entries).await?;
+    let keep = kept(&entries, &path, policy, now)?;
+    let mut plan = ExpirePlan { latest_path: path.describe(), ..Default::default() };
+    for (e, k) in entries.iter().zip(keep) {
+        if k { &mut plan.kept } else { &mut plan.expired }.push(e.clone());
+    }
+    let oldest_kept_id = plan.kept[0].id.clone();
     let (size, cut, first) = wal_cut(&plan.kept)?;
     plan.wal_keep_from = Some(first);
 
     let prefix = catalog::backups_prefix(repo.cluster());
     let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
-    let entry_ids: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-    let expired_ids: std::collections::BTreeSet<&str> = plan.expired.iter().map(|e| e.id.as_str()).collect();
+    let entry_ids: BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let expired_ids: BTreeSet<&str> = plan.expired.iter().map(|e| e.id.as_str()).collect();
     let grace_start = catalog::backup_id(window_start(now, ORPHAN_GRACE));
+    // Ids without a catalog entry in the listing, checked by exact key (a listing may lag):
+    // true when the entry exists after all.
+    let mut entry_exists: BTreeMap<String, bool> = BTreeMap::new();
     for o in objects {
         let Some(id) = backup_id_of(&prefix, o.key.as_str()) else { continue };
         if expired_ids.contains(id.as_str()) {
             if !o.key.as_str().ends_with(".json") {
                 plan.backup_objects.push(o);
             }
-        } else if !entry_ids.contains(id.as_str()) {
-            // No catalog entry: an interrupted backup or expire, or one still running.
-            if id < oldest.id && id < grace_start {
-                if plan.orphans.last() != Some(&id) {
-                    plan.orphans.push(id);
-                }
-                plan.orphan_objects.push(o);
-            } else if plan.incomplete.last() != Some(&id) {
-                plan.incomplete.push(id);
+            continue;
+        }
+        if entry_ids.contains(id.as_str()) {
+            continue;
+        }
+        if !entry_exists.contains_key(&id) {
+            let exists = catalog::read_entry(repo, &id).await?.is_some();
+            entry_exists.insert(id.clone(), exists);
+        }
+        // No catalog entry: an interrupted backup or expire, or one still running. An
+        // entry that a lagging listing did not show is left alone as well.
+        if !entry_exists[&id] && id < oldest_kept_id && id < grace_start {
+            if plan.orphans.last() != Some(&id) {
+                plan.orphans.push(id);
             }
+            plan.orphan_objects.push(o);
+        } else if plan.incomplete.last() != Some(&id) {
+            plan.incomplete.push(id);
         }
     }
 
-    for prefix in [repo.wal_prefix(), repo.receiver_prefix()] {
-        let objects = retry(repo.retry_policy(), "list WAL", || repo.storage().list(&prefix)).await?;
-        for o in objects {
-            let Some(name) = wal_name_of(o.key.as_str()) else { continue };
-            if name.kind == WalFileKind::History {
-                continue;
-            }
-            if matches!(name.segment_number(size), Ok(Some(n)) if n < cut) {
-                plan.wal.push(o);
-            }
+    for o in wal {
+        let Some(name) = wal_name_of(o.key.as_str()) else { continue };
+        if name.kind == WalFileKind::History {
+            continue;
+        }
+        if matches!(name.segment_number(size), Ok(Some(n)) if n < cut) {
+            plan.wal.push(o);
         }
     }
     Ok(plan)
@@ -269,8 +359,15 @@ pub async fn execute(repo: &Repository, plan: &ExpirePlan) -> Result<(), Failure
 }
 
 /// The report `expire` prints.
-pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime, dry_run: bool) -> String {
+/// The report's lines about what is kept and what goes (printed before anything is deleted).
+pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime) -> String {
     let mut out = format!("policy: {}\n", policy.describe(now));
+    if plan.latest_path.contains('→') {
+        out.push_str(&format!(
+            "timelines: {} (the newest timeline's path; the policy keeps its backups too)\n",
+            plan.latest_path
+        ));
+    }
     for e in &plan.kept {
         out.push_str(&format!("keep    {}  stopped {}  {} stored\n", e.id, e.stop_time, human(e.stored_bytes)));
     }
@@ -296,17 +393,17 @@ pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime, dry_run: 
             plan.incomplete.join(", ")
         ));
     }
+    out
+}
+
+/// The report's last line, once the deletions are done (or, dry, instead of them).
+pub fn outcome(plan: &ExpirePlan, dry_run: bool) -> String {
     let (files, bytes) = plan.totals();
     if dry_run {
-        out.push_str(&format!("dry run: nothing deleted; would delete {files} object(s), {}\n", human(bytes)));
+        format!("dry run: nothing deleted; would delete {files} object(s), {}\n", human(bytes))
     } else {
-        out.push_str(&format!(
-            "expired {} backup(s); deleted {files} object(s), {}\n",
-            plan.expired.len(),
-            human(bytes)
-        ));
+        format!("expired {} backup(s); deleted {files} object(s), {}\n", plan.expired.len(), human(bytes))
     }
-    out
 }
 
 /// The same as one JSON document.
@@ -314,6 +411,7 @@ pub fn report_json(plan: &ExpirePlan, dry_run: bool) -> serde_json::Value {
     let (files, bytes) = plan.totals();
     serde_json::json!({
         "dry_run": dry_run,
+        "timelines": plan.latest_path,
         "kept": plan.kept.iter().map(|e| &e.id).collect::<Vec<_>>(),
         "expired": plan.expired.iter().map(|e| serde_json::json!({"id": e.id, "stored_bytes": e.stored_bytes})).collect::<Vec<_>>(),
         "wal_keep_from": plan.wal_keep_from,
@@ -331,13 +429,18 @@ pub async fn expire(config: &Config, policy: Policy, dry_run: bool, json: bool) 
     let repo = config.open_repository(false).await?;
     let now = OffsetDateTime::now_utc();
     let plan = plan(&repo, &policy, now).await?;
+    // The plan first: if a deletion fails part-way, what was meant to go is on record.
+    if !json {
+        print!("{}", report(&plan, &policy, now));
+        std::io::Write::flush(&mut std::io::stdout()).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+    }
     if !dry_run {
         execute(&repo, &plan).await?;
     }
     if json {
         println!("{}", report_json(&plan, dry_run));
     } else {
-        print!("{}", report(&plan, &policy, now, dry_run));
+        print!("{}", outcome(&plan, dry_run));
     }
     Ok(())
 }
@@ -398,13 +501,14 @@ mod tests {
         assert_eq!(Policy::resolve(Some(0), None).unwrap_err().kind, FailureKind::Usage);
         let e = Policy::resolve(None, Some("a week")).unwrap_err();
         assert_eq!(e.kind, FailureKind::Usage);
-        assert!(e.to_string().contains("--keep-within"), "{e}");
+        assert!(e.to_string().contains("keep-within"), "{e}");
         assert_eq!(policy(None, Some("7d")).keep_within, Some(Duration::from_secs(7 * 86400)));
     }
 
     #[test]
     fn keep_backups_keeps_the_newest() {
         let b = five();
+        let b: Vec<&BackupEntry> = b.iter().collect();
         assert_eq!(oldest_kept(&b, &policy(Some(2), None), NOW).unwrap(), Some(3));
         assert_eq!(oldest_kept(&b, &policy(Some(1), None), NOW).unwrap(), Some(4));
         assert_eq!(oldest_kept(&b, &policy(Some(9), None), NOW).unwrap(), Some(0));
@@ -414,6 +518,7 @@ mod tests {
     #[test]
     fn keep_within_keeps_the_backup_before_the_window() {
         let b = five();
+        let b: Vec<&BackupEntry> = b.iter().collect();
         // Window from Dec 6 12:00: the Dec 5 backup (ended 12:01) restores to its start.
         assert_eq!(oldest_kept(&b, &policy(None, Some("4d")), NOW).unwrap(), Some(2));
         // Window from Dec 5 12:01 exactly: the Dec 5 backup ended at its start, still needed.
@@ -426,6 +531,40 @@ mod tests {
         // Both rules: the union.
         assert_eq!(oldest_kept(&b, &policy(Some(4), Some("1h")), NOW).unwrap(), Some(1));
         assert_eq!(oldest_kept(&b, &policy(Some(1), Some("4d")), NOW).unwrap(), Some(2));
+    }
+
+    /// The scenario of a point-in-time restore: backups B1..B3 on timeline 1 (segments 2, 4,
+    /// 6); a restore to a time after B1 from B1 forked timeline 2 in segment 3; B4 was then
+    /// taken on timeline 2. The newest backups by time include B3, on the abandoned branch;
+    /// the live timeline needs B1 (and the WAL from segment 2), and B4.
+    #[test]
+    fn backups_on_the_newest_timelines_path_are_kept_too() {
+        let size = WalSegmentSize::DEFAULT;
+        let mut b = five()[..4].to_vec();
+        b[3].start_timeline = TimelineId(2);
+        b[3].stop_timeline = TimelineId(2);
+        b[3].start_lsn = common::lsn::Lsn(4 * size.bytes() + 40);
+        b[3].stop_lsn = common::lsn::Lsn(4 * size.bytes() + 400);
+        b[3].wal_start_segment = WalFileName::segment(TimelineId(2), 4, size).to_string();
+        let fork = common::wal::history::HistoryEntry {
+            parent: TimelineId(1),
+            switch_point: common::lsn::Lsn(3 * size.bytes() + 100),
+            reason: String::new(),
+        };
+        let path = TimelinePath::new(TimelineId(2), &[fork]);
+        let keep = |n: Option<u32>, w: Option<&str>| kept(&b, &path, &policy(n, w), NOW).unwrap();
+        // By time alone B3 and B4 are the two newest; on timeline 2's path B1 and B4 are.
+        assert_eq!(keep(Some(2), None), [true, false, true, true]);
+        assert_eq!(keep(Some(1), None), [false, false, false, true]);
+        // Dec 7 12:00: on all, B4 (Dec 7) is inside and B3 (Dec 5) before: B3, B4; on the
+        // path, B1 (Dec 1) is the newest before the window.
+        assert_eq!(keep(None, Some("3d")), [true, false, true, true]);
+        let kept_entries: Vec<BackupEntry> =
+            b.iter().zip(keep(Some(2), None)).filter(|(_, k)| *k).map(|(e, _)| e.clone()).collect();
+        assert_eq!(wal_cut(&kept_entries).unwrap().1, 2, "the WAL from B1 on stays");
+        // Timeline 1 only: the policy by time.
+        let one = TimelinePath::new(TimelineId(1), &[]);
+        assert_eq!(kept(&b[..3], &one, &policy(Some(1), None), NOW).unwrap(), [false, false, true]);
     }
 
     #[test]
@@ -472,7 +611,14 @@ mod tests {
         }
         put(&*storage, "main/wal/0000000100000000/000000010000000000000004.00000028.backup.zst", 1).await;
         put(&*storage, "main/wal/0000000100000000/000000010000000000000005.partial.zst", 3).await;
-        put(&*storage, "main/wal/00000002.history.zst", 1).await;
+        // A history file (a real object: expire reads the newest timeline's), of a timeline
+        // that forked after the last backup.
+        let history = b"1\t0/B000000\tno recovery target specified\n";
+        let mut obj = std::io::Cursor::new(Vec::new());
+        let opts = common::codec::CompressOptions { level: 3, workers: 0 };
+        common::codec::compress(&[], &mut &history[..], &mut obj, "00000002.history", None, opts).unwrap();
+        let key = ObjectKey::new("main/wal/00000002.history.zst").unwrap();
+        storage.put(&key, Body::Bytes(Bytes::from(obj.into_inner())), PutMode::CreateNew).await.unwrap();
         put(&*storage, "main/receiver/000000010000000000000003.partial.zst", 2).await;
         put(&*storage, "main/receiver/00000001000000000000000B.partial.zst", 2).await;
         // An interrupted backup long ago, one whose entry an interrupted expire deleted, and
@@ -494,8 +640,9 @@ mod tests {
         assert_eq!(dry.wal_keep_from.as_deref(), Some("000000010000000000000008"));
         assert_eq!(dry.orphans, ["20261101T000000Z", "20261102T000000Z"]);
         assert_eq!(dry.incomplete, ["20261210T110000Z"]);
-        let text = report(&dry, &p, NOW, true);
+        let text = report(&dry, &p, NOW) + &outcome(&dry, true);
         assert!(text.contains("dry run: nothing deleted"), "{text}");
+        assert!(text.contains("timelines: 1 → 2 (from 0/B000000)"), "{text}");
         assert_eq!(keys(&*storage).await, before, "planning deletes nothing");
 
         execute(&repo, &dry).await.unwrap();

@@ -20,7 +20,7 @@ pub mod recovery_conf;
 pub mod restore;
 pub mod source;
 pub mod target;
-pub mod timeline;
+pub use common::wal::timeline_path as timeline;
 
 use common::config::Config;
 use common::exit::{Failure, FailureKind};

@@ -180,7 +180,12 @@ impl LocalStorage {
                 }
             }
         }
-        fsync_dir(dir).map_err(|e| StorageError::io("fsync directory", dir, e))
+        match fsync_dir(dir) {
+            // Linked, then the object was deleted again and its directory removed by a
+            // concurrent `delete` of the same key: done (not a reason to link again).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| StorageError::io("fsync directory", dir, e)),
+        }
     }
 }
 
@@ -298,8 +303,8 @@ impl Storage for LocalStorage {
             Ok(()) => {
                 let dir = p.parent().unwrap_or(&self.root);
                 match fsync_dir(dir) {
-                    // A concurrent delete emptied and removed the directory (and fsynced
-                    // its parent): the removal is durable either way.
+                    // A concurrent delete emptied and removed the directory; it fsyncs the
+                    // parent itself (this file's removal is part of that).
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                     r => r.map_err(|e| StorageError::io("fsync directory", dir, e))?,
                 }

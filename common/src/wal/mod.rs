@@ -9,6 +9,7 @@ pub mod page_header;
 pub mod record;
 #[cfg(any(test, feature = "test-support"))]
 pub mod synthetic;
+pub mod timeline_path;
 
 use std::fmt;
 use std::str::FromStr;

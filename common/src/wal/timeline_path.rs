@@ -1,11 +1,12 @@
 //! The timeline path recovery follows: the target timeline and its ancestors from its history
 //! file, each valid for a range of LSNs, and which timeline's file PostgreSQL reads for each
 //! segment (`XLogFileReadAnyTLI`: the newest timeline on the path that began at or before the
-//! segment, so the segment holding a switch point comes from the child timeline).
+//! segment, so the segment holding a switch point comes from the child timeline). Restores
+//! plan along it; retention keeps the backups that lie on it.
 
-use common::lsn::Lsn;
-use common::wal::history::HistoryEntry;
-use common::wal::{TimelineId, WalSegmentSize};
+use super::history::HistoryEntry;
+use super::{TimelineId, WalSegmentSize};
+use crate::lsn::Lsn;
 
 /// One timeline on the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
