@@ -340,6 +340,17 @@ fn local_point_in_time_restores_timelines_and_refusals() {
     let r = pitr_restore(&repo, &["--pgdata", &d, "--target-timeline", "1", "--tablespace", &ts_map]);
     refused(&r, 6, "is damaged");
     assert!(!data.exists() && !ts.exists(), "the partial restore was removed");
+
+    // Retention after the fork: a newer backup on timeline 1 (the old primary went on) is the
+    // newest by time, but timeline 2, the newest timeline, can only be restored from the
+    // backup it was restored from: `--keep-backups 1` keeps both.
+    let first = id;
+    let second = basebackup(&repo, &primary);
+    let out = basebackup_cmd(&repo, &["expire", "--keep-backups", "1", "--dry-run", "--json"]).ok().to_string();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["kept"], serde_json::json!([first, second]), "{report}");
+    assert_eq!(report["expired"], serde_json::json!([]), "{report}");
+    assert!(report["timelines"].as_str().unwrap().starts_with("1 → 2"), "{report}");
 }
 
 #[test]
