@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::catalog::{self, BackupEntry};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
-use common::repository::Repository;
+use common::repository::{wal_file_of_key, Repository};
 use common::retry::retry;
 use common::storage::{ObjectInfo, ObjectKey};
 use common::wal::timeline_path::TimelinePath;
@@ -228,12 +228,6 @@ fn backup_id_of(prefix: &str, key: &str) -> Option<String> {
     catalog::valid_backup_id(id).then(|| id.to_string())
 }
 
-/// A WAL object's file name: `<…>/<name>.zst` (the receiver's: `<name>.partial.zst`).
-fn wal_name_of(key: &str) -> Option<WalFileName> {
-    let file = key.rsplit('/').next()?.strip_suffix(".zst")?;
-    WalFileName::parse(file).ok()
-}
-
 /// The segment size, and the lowest first segment (number and name) of the kept backups:
 /// WAL before it is needed by none of them. Usually the oldest backup's, but not always: a
 /// backup taken on a timeline that forked before an older backup's start begins lower.
@@ -256,7 +250,10 @@ fn wal_cut(kept: &[BackupEntry]) -> Result<(WalSegmentSize, u64, String), Failur
 
 /// Works out what `policy` expires at `now`, from listings, catalog entries and history files.
 pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Result<ExpirePlan, Failure> {
-    let entries = catalog::list_entries(repo).await?;
+    // One listing of `backups/` serves both the catalog entries and the objects to delete.
+    let prefix = catalog::backups_prefix(repo.cluster());
+    let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
+    let entries = catalog::entries_listed(repo, &objects).await?;
     if entries.is_empty() {
         return Ok(ExpirePlan::default());
     }
@@ -266,7 +263,7 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     }
     let histories: Vec<TimelineId> = wal
         .iter()
-        .filter_map(|o| wal_name_of(o.key.as_str()))
+        .filter_map(|o| wal_file_of_key(&o.key))
         .filter(|n| n.kind == WalFileKind::History)
         .map(|n| n.timeline)
         .collect();
@@ -280,8 +277,6 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     let (size, cut, first) = wal_cut(&plan.kept)?;
     plan.wal_keep_from = Some(first);
 
-    let prefix = catalog::backups_prefix(repo.cluster());
-    let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
     let entry_ids: BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let expired_ids: BTreeSet<&str> = plan.expired.iter().map(|e| e.id.as_str()).collect();
     let grace_start = catalog::backup_id(window_start(now, ORPHAN_GRACE));
@@ -316,7 +311,7 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     }
 
     for o in wal {
-        let Some(name) = wal_name_of(o.key.as_str()) else { continue };
+        let Some(name) = wal_file_of_key(&o.key) else { continue };
         if name.kind == WalFileKind::History {
             continue;
         }

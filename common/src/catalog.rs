@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::lsn::Lsn;
 use crate::repository::{Repository, RepositoryError};
 use crate::retry::retry;
-use crate::storage::{read_all, ObjectKey};
+use crate::storage::{read_all, ObjectInfo, ObjectKey};
 use crate::wal::{SystemId, TimelineId};
 
 /// Catalog format version written by this pitr.
@@ -194,6 +194,12 @@ pub async fn read_backup_object(
 pub async fn list_entries(repo: &Repository) -> Result<Vec<BackupEntry>, RepositoryError> {
     let prefix = backups_prefix(repo.cluster());
     let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
+    entries_listed(repo, &objects).await
+}
+
+/// The catalog entries among `objects` (a listing of `backups/`), each read by its exact
+/// key, sorted by id: [`list_entries`] for a caller that needs the listing itself as well.
+pub async fn entries_listed(repo: &Repository, objects: &[ObjectInfo]) -> Result<Vec<BackupEntry>, RepositoryError> {
     let mut ids: Vec<String> =
         objects.iter().filter_map(|o| id_of_entry_key(repo.cluster(), o.key.as_str())).map(String::from).collect();
     ids.sort();
