@@ -160,8 +160,11 @@ pub struct S3Settings {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The repository.
+    /// The repository (a local path is absolute: a relative one was resolved against the
+    /// current directory, see [`Config::repo_was_relative`]).
     pub repo: RepoLocation,
+    /// The repository was given as a relative path.
+    pub repo_was_relative: bool,
     /// The cluster's name in the repository.
     pub cluster: String,
     /// Compression (of WAL files: `workers` is 0 unless configured).
@@ -245,7 +248,20 @@ impl Config {
                 "no repository configured: pass --repo DIR|s3://bucket/prefix, set PITR_REPO, or set repo in pitr.toml",
             )
         })?;
-        let repo = RepoLocation::parse(&repo).map_err(|e| config_error(format!("invalid repository: {e}")))?;
+        if let Some(c) = repo.chars().find(|c| c.is_control()) {
+            return Err(config_error(format!(
+                "invalid repository {repo:?}: it contains the control character {c:?} (a newline cannot be written \
+                 into restore_command or postgresql.conf)"
+            )));
+        }
+        let mut repo = RepoLocation::parse(&repo).map_err(|e| config_error(format!("invalid repository: {e}")))?;
+        let mut repo_was_relative = false;
+        if let RepoLocation::Local(p) = &mut repo {
+            if p.is_relative() {
+                repo_was_relative = true;
+                *p = std::path::absolute(&*p).map_err(|e| config_error(format!("repository {}: {e}", p.display())))?;
+            }
+        }
         let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "main".to_string());
         if !valid_cluster_name(&cluster) {
             return Err(config_error(format!("invalid cluster name {cluster:?}: use 1-64 of A-Z a-z 0-9 _ . -")));
@@ -275,8 +291,14 @@ impl Config {
             })?),
             None => None,
         };
+        for (what, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region)] {
+            if v.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+                return Err(config_error(format!("invalid {what}: it contains a control character")));
+            }
+        }
         Ok(Config {
             repo,
+            repo_was_relative,
             cluster,
             compress: CompressOptions { level, workers },
             compress_threads,
@@ -290,6 +312,20 @@ impl Config {
             keep_backups: file.keep_backups,
             keep_within: file.keep_within,
         })
+    }
+
+    /// Refuses a repository given as a relative path, for commands that PostgreSQL runs
+    /// (archive_command, restore_command) with the data directory as the current directory,
+    /// where a relative path would silently name a directory inside the data directory.
+    pub fn require_absolute_repo(&self, what: &str) -> Result<(), Failure> {
+        if self.repo_was_relative {
+            return Err(config_error(format!(
+                "{what}: the repository must be an absolute path or URL, not relative ({} resolved against the \
+                 current directory); PostgreSQL runs {what} inside the data directory",
+                self.repo
+            )));
+        }
+        Ok(())
     }
 
     /// Compression of base-backup chunks: the configured threads, else one zstd worker per
@@ -345,6 +381,28 @@ mod tests {
         for bad in ["", "s3://", "s3://B_ad/x", "file://rel", "gs://x/y", "s3://bkt/a/../b/.x"] {
             assert!(RepoLocation::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A relative repository is made absolute (and remembered as relative, which the commands
+    /// PostgreSQL runs refuse); control characters, which cannot be written into
+    /// restore_command or postgresql.conf, are refused everywhere.
+    #[test]
+    fn relative_and_unwritable_repositories() {
+        let c = Config::resolve(&RepoArgs { repo: Some("rel/repo".into()), ..Default::default() }).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.repo, RepoLocation::Local(cwd.join("rel/repo")));
+        assert!(c.repo_was_relative);
+        let e = c.require_absolute_repo("archive_command").unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let c = Config::resolve(&RepoArgs { repo: Some("/abs/repo".into()), ..Default::default() }).unwrap();
+        assert!(!c.repo_was_relative && c.require_absolute_repo("x").is_ok());
+        for bad in ["/srv/re\npo", "/srv/repo\r", "s3://bkt/a\nb"] {
+            let e = Config::resolve(&RepoArgs { repo: Some(bad.into()), ..Default::default() }).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Config, "{bad:?}");
+        }
+        let args = RepoArgs { repo: Some("/r".into()), s3_endpoint: Some("http://h\n".into()), ..Default::default() };
+        assert_eq!(Config::resolve(&args).unwrap_err().kind, FailureKind::Config);
     }
 
     #[test]

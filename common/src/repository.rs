@@ -181,8 +181,16 @@ impl Repository {
     }
 
     /// The header of a stored WAL file, or `None` when the exact key does not exist.
+    /// An object whose header names another file (one object copied or renamed over
+    /// another's key) is damaged: `get` would otherwise serve another segment's WAL under this
+    /// name, and the planner would take its summary for this segment's.
     pub async fn wal_header(&self, name: &WalFileName) -> Result<Option<ObjectHeader>, RepositoryError> {
-        self.object_header(&self.wal_key(name)).await
+        let key = self.wal_key(name);
+        let header = self.object_header(&key).await?;
+        if let Some(h) = &header {
+            check_names(&key, h, &name.to_string())?;
+        }
+        Ok(header)
     }
 
     /// The WAL summary stored with a segment or `.partial` file, without downloading it:
@@ -223,6 +231,18 @@ impl Repository {
         whole.extend_from_slice(&first);
         whole.extend_from_slice(&rest);
         ObjectHeader::decode(&whole).map(Some).map_err(corrupt)
+    }
+}
+
+/// Checks that the object at `key` holds the file `expected` by its header's name.
+pub fn check_names(key: &ObjectKey, header: &ObjectHeader, expected: &str) -> Result<(), RepositoryError> {
+    if header.name == expected {
+        Ok(())
+    } else {
+        Err(RepositoryError::Corrupt(format!(
+            "{key} holds {:?}, not {expected:?} (an object stored under another file's name)",
+            header.name
+        )))
     }
 }
 

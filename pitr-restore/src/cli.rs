@@ -160,6 +160,9 @@ impl TargetArgs {
             if n.is_empty() || n.len() > 63 {
                 return Err(usage("--target-name: a restore point name has 1 to 63 bytes"));
             }
+            if n.chars().any(char::is_control) {
+                return Err(usage("--target-name: a restore point name has no control characters"));
+            }
             TargetKind::Name(n.clone())
         } else if self.target.is_some() {
             TargetKind::Immediate
@@ -202,9 +205,28 @@ impl RestoreArgs {
         Ok(out)
     }
 
-    /// The `--set` settings.
+    /// The `--set` settings: names as PostgreSQL spells parameters, values without control
+    /// characters (a newline would end the setting in postgresql.auto.conf and leave the rest
+    /// as an unparsable line, so the server would not start).
     pub fn settings(&self) -> Result<Vec<(String, String)>, Failure> {
-        self.set.iter().map(|s| key_value(s, "--set")).collect()
+        self.set
+            .iter()
+            .map(|s| {
+                let (k, v) = key_value(s, "--set")?;
+                let name_ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+                if !name_ok {
+                    return Err(usage(format!("--set {s:?}: {k:?} is not a parameter name")));
+                }
+                if let Some(c) = v.chars().find(|c| c.is_control()) {
+                    return Err(usage(format!(
+                        "--set {k}: the value contains the control character {c:?}, which postgresql.auto.conf \
+                         cannot hold; nothing was written"
+                    )));
+                }
+                Ok((k, v))
+            })
+            .collect()
     }
 
     /// The drill options, when --start was given.

@@ -57,7 +57,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     jobs: cli.restore.jobs.max(1),
                     direct_io: !cli.restore.buffered_io,
                     wal_archiver: cli.restore.wal_archiver.clone(),
-                    config_file: cli.repo.config.clone(),
+                    get: recovery_conf::GetOptions {
+                        config_file: match &cli.repo.config {
+                            Some(f) => Some(std::path::absolute(f).map_err(|e| {
+                                Failure::msg(FailureKind::Config, format!("--config {}: {e}", f.display()))
+                            })?),
+                            None => None,
+                        },
+                        retries: cli.repo.retries,
+                        prefetch: cli.repo.prefetch,
+                    },
                     set: cli.restore.settings()?,
                     start: cli.restore.drill(),
                 };

@@ -26,12 +26,28 @@ pub fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', r"\\").replace('\'', "''"))
 }
 
-/// The restore_command for this repository: `<wal-archiver> --repo … --cluster … get %f %p`.
-/// Credentials are not written: the server's environment (or the AWS profile of its OS user)
-/// must provide them, as for archive_command.
-pub fn restore_command(wal_archiver: &Path, config: &Config, config_file: Option<&Path>) -> String {
-    let mut words = vec![shell_quote(&wal_archiver.display().to_string())];
-    if let Some(f) = config_file {
+/// What `get` is told besides the repository: the options pitr-restore itself was given
+/// (flag or environment) that matter to `get`; unset ones are left to the server's
+/// environment and configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// `--config`, made absolute (restore_command runs inside the data directory).
+    pub config_file: Option<std::path::PathBuf>,
+    /// `--retries`.
+    pub retries: Option<u32>,
+    /// `--prefetch`.
+    pub prefetch: Option<u32>,
+}
+
+/// The restore_command for this repository: `<wal-archiver> get --repo … --cluster … %f %p`.
+/// `get` comes first so that any wal-archiver, also one older than this pitr-restore that
+/// does not know an option written here, knows at once that a usage error must abort
+/// recovery (exit above 125) rather than read as "file absent". Credentials are not written:
+/// the server's environment (or the AWS profile of its OS user) must provide them, as for
+/// archive_command.
+pub fn restore_command(wal_archiver: &Path, config: &Config, opts: &GetOptions) -> String {
+    let mut words = vec![shell_quote(&wal_archiver.display().to_string()), "get".into()];
+    if let Some(f) = &opts.config_file {
         words.push("--config".into());
         words.push(shell_quote(&f.display().to_string()));
     }
@@ -51,7 +67,13 @@ pub fn restore_command(wal_archiver: &Path, config: &Config, config_file: Option
         words.push("--s3-path-style".into());
         words.push(config.s3.path_style.to_string());
     }
-    words.push("get %f %p".into());
+    if let Some(n) = opts.retries {
+        words.push(format!("--retries={n}"));
+    }
+    if let Some(n) = opts.prefetch {
+        words.push(format!("--prefetch={n}"));
+    }
+    words.push("%f %p".into());
     words.join(" ")
 }
 
@@ -136,6 +158,27 @@ mod tests {
         assert_eq!(shell_quote("/my dir/x"), "'/my dir/x'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(conf_quote(r"a'b\c"), r"'a''b\\c'");
+    }
+
+    /// `get` comes right after the program (an older wal-archiver then still treats a usage
+    /// error as "abort recovery"), relative paths are absolute, and --retries / --prefetch
+    /// given to pitr-restore reach the command.
+    #[test]
+    fn restore_command_words() {
+        let args = common::config::RepoArgs { repo: Some("rel/repo".into()), ..Default::default() };
+        let config = Config::resolve(&args).unwrap();
+        let opts = GetOptions { config_file: Some("/etc/p.toml".into()), retries: Some(9), prefetch: Some(0) };
+        let c = restore_command(Path::new("/usr/bin/wal-archiver"), &config, &opts);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            c,
+            format!(
+                "/usr/bin/wal-archiver get --config /etc/p.toml --repo {} --cluster main --retries=9 --prefetch=0 %f %p",
+                shell_quote(&cwd.join("rel/repo").display().to_string())
+            )
+        );
+        let c = restore_command(Path::new("/w"), &config, &GetOptions::default());
+        assert!(!c.contains("--retries") && !c.contains("--prefetch") && !c.contains("--config"), "{c}");
     }
 
     #[test]

@@ -39,8 +39,8 @@ pub struct RestoreOptions {
     pub direct_io: bool,
     /// The wal-archiver for restore_command.
     pub wal_archiver: Option<PathBuf>,
-    /// The configuration file given with --config, passed on to restore_command.
-    pub config_file: Option<PathBuf>,
+    /// What restore_command passes on to `get` (--config, --retries, --prefetch).
+    pub get: recovery_conf::GetOptions,
     /// Extra settings for postgresql.auto.conf.
     pub set: Vec<(String, String)>,
     /// Start the server and wait for the target.
@@ -245,6 +245,16 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
         dirs.push((d.clone(), check_destination(d, opts.force, &format!("tablespace {oid} directory"))?));
     }
     let wal_archiver = find_wal_archiver(opts.wal_archiver.as_deref())?;
+    let command = recovery_conf::restore_command(&wal_archiver, config, &opts.get);
+    if let Some(c) = command.chars().find(|c| c.is_control()) {
+        return Err(Failure::msg(
+            FailureKind::Usage,
+            format!(
+                "restore_command would contain the control character {c:?} (in the path of wal-archiver or the \
+                 configuration file), which postgresql.auto.conf cannot hold; nothing was written"
+            ),
+        ));
+    }
     let manifest = extract::manifest(&repo, &backup).await?;
 
     for (d, before) in &dirs {
@@ -258,7 +268,6 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
         let stats =
             extract::extract(&repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io).await?;
         remap_tablespaces(&opts.pgdata, &opts.tablespace_map)?;
-        let command = recovery_conf::restore_command(&wal_archiver, config, opts.config_file.as_deref());
         let user_sets = |key: &str| opts.set.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
         let mut set = Vec::new();
         let mut notes = Vec::new();

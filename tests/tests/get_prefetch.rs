@@ -152,7 +152,9 @@ fn the_receivers_partial_segment_is_served_but_never_prefetched() {
     std::fs::remove_file(&dest).unwrap();
     let spool = pg_wal.path().join(".pitr-prefetch");
     wait_prefetch_idle(&spool);
-    assert!(!spool.join(&name4).exists(), "the prefetch spool holds the receiver's partial");
+    let spooled =
+        std::fs::read_dir(&spool).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&name4));
+    assert!(!spooled, "the prefetch spool holds the receiver's partial");
     // ...so the complete segment, once archived, is what get serves (the partial object is
     // still there: a complete segment always wins).
     let complete = src.path().join(&name4);
@@ -180,4 +182,40 @@ fn the_receivers_partial_segment_is_served_but_never_prefetched() {
     let r = get(&repo, &name5, &dest);
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(!dest.exists());
+}
+
+/// What a power loss can leave of a prefetched file that was never fsynced (zeros, a
+/// truncated file, a flipped byte) is not served: `get` fetches the segment from the
+/// repository instead and writes the archived bytes.
+#[test]
+fn a_damaged_spool_file_is_fetched_again() {
+    let repo = TestRepo::local();
+    let src = tempfile::tempdir().unwrap();
+    let segs = push_segments(&repo, src.path(), 1..=5);
+    let pg_wal = tempfile::tempdir().unwrap();
+    let dest = pg_wal.path().join("RECOVERYXLOG");
+    get(&repo, &segs[0].0, &dest).ok();
+    std::fs::remove_file(&dest).unwrap();
+    let spool = pg_wal.path().join(".pitr-prefetch");
+    wait_prefetch_idle(&spool);
+    let damages: [fn(&mut Vec<u8>); 3] =
+        [|b| b[4096..].fill(0), |b| b.truncate(1 << 20), |b| b[(9 << 20) + 17] ^= 0x01];
+    for ((name, data), damage) in segs[1..4].iter().zip(damages) {
+        let spooled = std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} was prefetched"))
+            .path();
+        let mut b = std::fs::read(&spooled).unwrap();
+        damage(&mut b);
+        std::fs::write(&spooled, b).unwrap();
+        let r = get(&repo, name, &dest);
+        r.ok();
+        assert!(!r.stderr.contains("restored from the prefetch spool"), "{r:#?}");
+        assert!(r.stderr.contains("not serving a damaged prefetched file"), "{r:#?}");
+        assert!(std::fs::read(&dest).unwrap() == *data, "{name}: the archived bytes");
+        std::fs::remove_file(&dest).unwrap();
+        wait_prefetch_idle(&spool);
+    }
 }

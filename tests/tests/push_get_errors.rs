@@ -251,3 +251,80 @@ fn unusable_configuration() {
     c.args(["push", "--repo", "/tmp/x", "--no-such-flag"]);
     assert_eq!(run(c).code, 2);
 }
+
+/// The restore_command `pitr-restore` writes puts options before `get`: a usage error there
+/// (a malformed PITR_* variable in the server's environment, an option this wal-archiver does
+/// not know) must still abort recovery (above 125), never exit 2, which PostgreSQL reads as
+/// "file absent" and then promotes early.
+#[test]
+fn usage_errors_before_get_abort_recovery() {
+    let repo = TestRepo::local();
+    let dir = tempfile::tempdir().unwrap();
+    let (name, _) = seeded(&repo, dir.path());
+    let dest = dir.path().join("RECOVERYXLOG");
+    let repo_dir = repo.url.clone();
+    for (var, value) in [
+        ("PITR_RETRIES", "abc"),
+        ("PITR_PREFETCH", "-1"),
+        ("PITR_S3_PATH_STYLE", "maybe"),
+        ("PITR_COMPRESS_LEVEL", "high"),
+    ] {
+        let mut c = pitr_tests::bins::wal_archiver();
+        c.env(var, value).args(["--repo", &repo_dir, "--cluster", "main", "get", &name]).arg(&dest);
+        let r = run(c);
+        assert_eq!(r.code, 202, "{var}={value}: {r:#?}");
+        assert!(!dest.exists());
+    }
+    // An option written by a newer pitr-restore, before or after `get`.
+    for args in [
+        vec!["--repo", &repo_dir, "--some-future-option", "3", "get", &name],
+        vec!["get", "--repo", &repo_dir, "--some-future-option", "3", &name],
+    ] {
+        let mut c = pitr_tests::bins::wal_archiver();
+        c.args(&args).arg(&dest);
+        assert_eq!(run(c).code, 202, "{args:?}");
+    }
+    // The same line without the fault works, in both orders.
+    for args in [vec!["--repo", &repo_dir, "--cluster", "main", "get", &name], vec!["get", "--repo", &repo_dir, &name]]
+    {
+        let mut c = pitr_tests::bins::wal_archiver();
+        c.args(&args).arg(&dest);
+        run(c).ok();
+        std::fs::remove_file(&dest).unwrap();
+    }
+}
+
+/// An object copied over another segment's key (segment 3's object stored as segment 4) is
+/// never served as segment 4: PostgreSQL would find "unexpected pageaddr" and end recovery
+/// there. Refused as damaged (206); a re-push of the real segment 4 is refused too, never
+/// judged against the wrong object's digest as "identical".
+#[test]
+fn an_object_under_another_segments_name_is_refused() {
+    let repo = TestRepo::local();
+    let dir = tempfile::tempdir().unwrap();
+    let (name3, _) = seeded(&repo, dir.path());
+    let (name4, data4) = segment(SYSTEM_ID, 1, 4);
+    let wal = repo.dir.as_ref().unwrap().join("main/wal/0000000100000000");
+    std::fs::copy(wal.join(format!("{name3}.zst")), wal.join(format!("{name4}.zst"))).unwrap();
+    let dest = dir.path().join("RECOVERYXLOG");
+    get(&repo, &name4, &dest).fails_with(206, &format!("not \"{name4}\""));
+    assert!(!dest.exists());
+    push(&repo, &write(dir.path(), &name4, &data4)).fails_with(6, "another file's name");
+}
+
+/// A relative repository is refused by archive_command and restore_command (PostgreSQL runs
+/// them inside the data directory, where it would name a directory in PGDATA), with nothing
+/// created.
+#[test]
+fn a_relative_repository_is_refused_where_postgresql_runs_us() {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, data) = segment(SYSTEM_ID, 1, 3);
+    let p = write(dir.path(), &name, &data);
+    let mut c = pitr_tests::bins::wal_archiver();
+    c.current_dir(dir.path()).args(["push", "--repo", "repo"]).arg(&p);
+    run(c).fails_with(7, "absolute");
+    assert!(!dir.path().join("repo").exists(), "nothing created");
+    let mut c = pitr_tests::bins::wal_archiver();
+    c.current_dir(dir.path()).env("PITR_REPO", "./repo").args(["get", &name]).arg(dir.path().join("o"));
+    run(c).fails_with(207, "absolute");
+}

@@ -1,8 +1,9 @@
 //! The raw command-line layer (clap derive); validated into `common::config::Config`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use common::config::RepoArgs;
 
 const AFTER_HELP: &str = "\
@@ -167,9 +168,72 @@ impl Command {
     }
 }
 
+/// The subcommand a command line asks for, decided before (and whether or not) the whole line
+/// parses: the first argument that is neither an option nor an option's value, or `get` when
+/// the line ends in `get NAME PATH` (as every restore_command does) even if options before it
+/// are unknown to this version (written by a newer `pitr-restore`). `main` gives a `get`
+/// whose line does not parse an exit status above 125, so that PostgreSQL aborts recovery
+/// instead of reading "file absent" and promoting early.
+pub fn subcommand(args: impl IntoIterator<Item = OsString>) -> Option<String> {
+    let args: Vec<String> = args.into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let cmd = Cli::command();
+    let found = first_positional(&cmd, &args);
+    if found.as_deref().is_some_and(|f| cmd.find_subcommand(f).is_some()) {
+        return found;
+    }
+    if args.len() >= 3 && args[args.len() - 3] == "get" {
+        return Some("get".into());
+    }
+    found
+}
+
+/// The first argument of `args` that is neither an option of `cmd` nor an option's value.
+fn first_positional(cmd: &clap::Command, args: &[String]) -> Option<String> {
+    let takes_value = |long: Option<&str>, short: Option<char>| {
+        cmd.get_arguments().any(|a| {
+            let named =
+                long.is_some_and(|l| a.get_long() == Some(l)) || short.is_some_and(|c| a.get_short() == Some(c));
+            named && a.get_action().takes_values()
+        })
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            return it.next().cloned();
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            if !long.contains('=') && takes_value(Some(long), None) {
+                it.next();
+            }
+        } else if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // `-D DIR`; `-DDIR` and flag clusters such as `-v` carry no separate value.
+            if short.chars().count() == 1 && takes_value(None, short.chars().next()) {
+                it.next();
+            }
+        } else {
+            return Some(a.clone());
+        }
+    }
+    None
+}
+
+/// Exit status of a `get` that panicked (a bug): above 125, so recovery aborts.
+pub const GET_PANIC_EXIT: i32 = 250;
+
+/// Makes a panic anywhere in this process exit with [`GET_PANIC_EXIT`] after printing it (a
+/// Rust panic otherwise exits 101, which PostgreSQL reads as "file absent" and then ends
+/// recovery early).
+pub fn abort_recovery_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("wal-archiver get: error: internal error (a bug, please report it): {info}");
+        std::process::exit(GET_PANIC_EXIT);
+    }));
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
 
     use super::*;
 
@@ -211,5 +275,25 @@ mod tests {
             }
         }
         assert!(seen >= 5, "the example sets the repository, server, spool, metrics and logs");
+    }
+
+    fn sub(line: &str) -> Option<String> {
+        subcommand(line.split_whitespace().map(OsString::from))
+    }
+
+    /// `get` is recognised wherever it stands, with any options before it, so that a usage
+    /// error in a restore_command still aborts recovery.
+    #[test]
+    fn the_subcommand_is_found_behind_options() {
+        assert_eq!(sub("get 000000010000000000000001 pg_wal/RECOVERYXLOG").as_deref(), Some("get"));
+        assert_eq!(sub("--repo /r --cluster main get a b").as_deref(), Some("get"));
+        assert_eq!(sub("--repo=/r -v -D /data --s3-path-style true get a b").as_deref(), Some("get"));
+        assert_eq!(sub("--retries abc get a b").as_deref(), Some("get"));
+        // Options this version does not know (a newer pitr-restore wrote them).
+        assert_eq!(sub("--repo /r --future-flag 3 get a b").as_deref(), Some("get"));
+        assert_eq!(sub("--cluster get push /x").as_deref(), Some("push"), "get is --cluster's value here");
+        assert_eq!(sub("--repo /r push pg_wal/000000010000000000000001").as_deref(), Some("push"));
+        assert_eq!(sub("-v list").as_deref(), Some("list"));
+        assert_eq!(sub("--verbose"), None);
     }
 }

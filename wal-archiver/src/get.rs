@@ -23,7 +23,7 @@
 //! stale partial is never kept in the spool.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use common::codec::{self, CodecError, ObjectHeader};
@@ -33,6 +33,7 @@ use common::lsn::Lsn;
 use common::repository::Repository;
 use common::retry::retry;
 use common::storage::{ObjectKey, ObjectReader};
+use common::wal::page_header::{first_page_matches, LONG_HEADER_SIZE};
 use common::wal::record;
 use common::wal::{WalFileKind, WalFileName};
 
@@ -120,7 +121,7 @@ async fn from_receiver(repo: &Repository, wal: &WalFileName, dest: &Path) -> Res
         }
     }
     let expected = wal.with_kind(WalFileKind::Partial).to_string();
-    let header = match fetch_key(repo, &key, &wal.to_string(), dest, Some((&expected, size.bytes()))).await {
+    let header = match fetch_key(repo, &key, wal, &expected, dest).await {
         Err(f) if f.kind == FailureKind::NotFound => return Ok(FromReceiver::NoPartial),
         r => r?,
     };
@@ -166,18 +167,21 @@ fn valid_end_of(path: &Path) -> Option<Lsn> {
 /// Downloads `wal` into `dest` (through a temporary file beside it), verifying it on the way.
 /// Reads the archived file under `wal/` only, never the receiver's partial object.
 pub async fn fetch(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<ObjectHeader, Failure> {
-    fetch_key(repo, &repo.wal_key(wal), &wal.to_string(), dest, None).await
+    fetch_key(repo, &repo.wal_key(wal), wal, &wal.to_string(), dest).await
 }
 
-/// Downloads the object at `key` (holding WAL file `name`) into `dest`, verifying it on the
-/// way; with `expect`, its header must also name that file and that raw size.
+/// Downloads the object at `key` into `dest` as WAL file `wal`, verifying it on the way: the
+/// zstd checksum, raw size and digest (in [`codec::decompress`]), that its header names
+/// `object_name`, and for a segment that its first page is the first page of `wal` (an object
+/// copied under another segment's key must never reach PostgreSQL).
 async fn fetch_key(
     repo: &Repository,
     key: &ObjectKey,
-    name: &str,
+    wal: &WalFileName,
+    object_name: &str,
     dest: &Path,
-    expect: Option<(&str, u64)>,
 ) -> Result<ObjectHeader, Failure> {
+    let name = wal.to_string();
     let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(key)).await?;
 
     let dir = match dest.parent() {
@@ -212,19 +216,17 @@ async fn fetch_key(
         let f: Failure = e.into();
         Failure::msg(f.kind, format!("{name} ({key}): {f}"))
     })?;
-    if let Some((file, size)) = expect {
-        if header.name != file || header.raw_size != size {
-            return Err(Failure::msg(
-                FailureKind::Corrupt,
-                format!(
-                    "{name} ({key}): the object holds {:?} of {} bytes, expected {file:?} of {size} bytes",
-                    header.name, header.raw_size
-                ),
-            ));
-        }
-    }
+    common::repository::check_names(key, &header, object_name)?;
     out.flush().map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display())))?;
     drop(out);
+    if matches!(wal.kind, WalFileKind::Segment | WalFileKind::Partial) {
+        let mut first = [0u8; LONG_HEADER_SIZE];
+        File::open(&tmp_path)
+            .and_then(|mut f| f.read_exact(&mut first))
+            .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())))?;
+        first_page_matches(wal, &first, header.raw_size)
+            .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("{name} ({key}) is not this segment: {e}")))?;
+    }
     std::fs::rename(&tmp_path, dest)
         .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())))?;
     let mut tmp = tmp;

@@ -25,6 +25,11 @@ use crate::cli::{Cli, Command};
 /// start-up cost matters more than parallelism here).
 pub fn run(cli: Cli) -> Result<(), Failure> {
     let config = Config::resolve(&cli.repo)?;
+    match &cli.command {
+        Command::Push { .. } | Command::PushAheadWorker { .. } => config.require_absolute_repo("archive_command")?,
+        Command::Get { .. } | Command::PrefetchWorker { .. } => config.require_absolute_repo("restore_command")?,
+        _ => {}
+    }
     if let Command::Receive { .. } = cli.command {
         return run_receive(&config, cli.command);
     }

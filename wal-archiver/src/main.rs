@@ -5,11 +5,16 @@
 
 use std::process::ExitCode;
 
-use wal_archiver::cli::{Cli, Command};
+use wal_archiver::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    let is_get = std::env::args().nth(1).is_some_and(|a| a == "get");
-    // A broken restore_command must abort recovery, not look like "file missing".
+    // A broken restore_command must abort recovery, not look like "file missing": whatever
+    // goes wrong in a `get` (a usage error wherever `get` stands among the arguments, a bad
+    // PITR_* variable, a panic) exits above 125.
+    let is_get = cli::subcommand(std::env::args_os().skip(1)).as_deref() == Some("get");
+    if is_get {
+        cli::abort_recovery_on_panic();
+    }
     let cli: Cli = match common::cmdline::parse(if is_get { 202 } else { 2 }) {
         Ok(cli) => cli,
         Err(code) => return ExitCode::from(code),
@@ -24,6 +29,12 @@ fn main() -> ExitCode {
     let what = cli.command.name();
     match wal_archiver::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // PostgreSQL asks for files that do not exist as part of normal recovery (the next
+        // timeline's history file, the segment after the last one): not an error.
+        Err(f) if is_get && f.kind == common::exit::FailureKind::NotFound => {
+            eprintln!("wal-archiver {what}: {f}");
+            ExitCode::from(f.get_exit_code())
+        }
         Err(f) => {
             eprintln!("wal-archiver {what}: error: {f}");
             ExitCode::from(if is_get { f.get_exit_code() } else { f.exit_code() })
