@@ -5,16 +5,21 @@
 //! 1. connect (physical replication), IDENTIFY_SYSTEM, `SHOW` the version, segment and block
 //!    size; check them against the repository's `cluster.json` (registering the cluster when
 //!    there is none yet) — another system is refused with exit 4 before anything is stored;
-//! 2. BASE_BACKUP in the server's dialect (15+ or 13/14) with a CRC-32C manifest and
+//! 2. the backup id (the UTC second) is reserved by creating `backups/<id>/reservation.json`
+//!    create-if-absent: a second `create` in the same second takes the next one, so no two
+//!    runs ever store into one prefix;
+//! 3. BASE_BACKUP in the server's dialect (15+ or 13/14) with a CRC-32C manifest and
 //!    `WAIT false`; every archive streams through [`chunks`](crate::chunks) into chunk objects
 //!    while each file's size and CRC-32C are computed;
-//! 3. the manifest arrives: its own checksum and every file are checked, then it is stored;
-//! 4. every WAL segment from the start to the stop position must be in the repository
+//! 4. the manifest arrives: its own checksum and every file are checked, then it is stored;
+//! 5. every chunk and the manifest are read back by exact key (header: present, and holding
+//!    what its key says);
+//! 6. every WAL segment from the start to the stop position must be in the repository
 //!    (archive_command is archiving them), waiting up to `--wal-timeout`;
-//! 5. the catalog entry is written, create-if-absent, last.
+//! 7. the catalog entry is written, create-if-absent, last.
 //!
-//! On any failure the objects this backup stored are removed again (best effort) and no
-//! catalog entry exists, so the backup does not exist.
+//! On any failure the objects this backup stored are removed again (best effort, the
+//! reservation last) and no catalog entry exists, so the backup does not exist.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use common::catalog::{self, ArchiveEntry, BackupEntry, CATALOG_VERSION};
 use common::codec::{self, CompressOptions};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
+use common::lease::{self, Owner};
 use common::lsn::Lsn;
 use common::manifest::Manifest;
 use common::pgwire::{BaseBackupMessage, ConnParams, Connection, Replication, Response, ResultSet};
@@ -216,9 +222,16 @@ async fn check_cluster(repo: &Repository, server: &Server) -> Result<(), Failure
     }
 }
 
-/// A backup id not used yet: the current UTC second, or the next ones if taken.
-async fn new_id(repo: &Repository) -> Result<(String, OffsetDateTime), Failure> {
-    for _ in 0..5 {
+/// Reserves a backup id: the current UTC second, or the next ones if taken. The id is taken
+/// by creating its reservation object create-if-absent, so two `basebackup create` started
+/// in the same second (by cron and by hand, or by two hosts) never share an id: before this,
+/// both stored into one prefix, counted each other's identical chunks as their own, and the
+/// loser's cleanup deleted chunks of the winner's finished backup. Everything under
+/// `backups/<id>/` belongs to the run holding the reservation (or to a dead run that held it
+/// earlier), so that run may delete it on failure.
+async fn new_id(repo: &Repository) -> Result<(String, OffsetDateTime, ObjectKey), Failure> {
+    let me = Owner::me();
+    for _ in 0..10 {
         let now = OffsetDateTime::now_utc();
         let id = catalog::backup_id(now);
         let entry = ObjectKey::new(catalog::entry_key(repo.cluster(), &id))?;
@@ -227,15 +240,21 @@ async fn new_id(repo: &Repository) -> Result<(String, OffsetDateTime), Failure> 
             Err(e) if e.is_not_found() => false,
             Err(e) => return Err(e.into()),
         };
-        let prefix = format!("{}/backups/{id}/", repo.cluster());
-        let objects = retry(repo.retry_policy(), "check backup id", || repo.storage().list(&prefix)).await?;
-        if !entry_exists && objects.is_empty() {
-            return Ok((id, now));
+        if !entry_exists {
+            let key = ObjectKey::new(catalog::reservation_key(repo.cluster(), &id))?;
+            if lease::create_exclusive(repo, &key, &me).await? {
+                return Ok((id, now, key));
+            }
+            tracing::info!(backup = %id, "backup id taken by another run; trying the next second");
         }
         let wait = 1_000_000_000 - now.nanosecond() as u64 + 1_000_000;
         tokio::time::sleep(Duration::from_nanos(wait)).await;
     }
-    Err(Failure::msg(FailureKind::Conflict, "could not find an unused backup id (is another backup starting?)"))
+    Err(Failure::msg(
+        FailureKind::Conflict,
+        "could not reserve a backup id in 10 s: other backups of this cluster are starting at the same time; \
+         nothing was stored",
+    ))
 }
 
 /// What the COPY phase produced.
@@ -352,12 +371,14 @@ pub async fn create(config: &Config, conninfo: &str, opts: CreateOptions) -> Res
     let server = probe(&mut conn, &params).await?;
     check_cluster(&repo, &server).await?;
 
-    let (id, started) = new_id(&repo).await?;
-    let label = opts.label.clone().unwrap_or_else(|| format!("pitr {id}"));
-    if label.len() > 1024 || label.contains('\0') {
+    if opts.label.as_ref().is_some_and(|l| l.len() > 1024 || l.contains('\0')) {
         return Err(Failure::msg(FailureKind::Usage, "--label must be at most 1024 bytes, without NUL"));
     }
-    let mut stored: Vec<ObjectKey> = Vec::new();
+    let (id, started, reservation) = new_id(&repo).await?;
+    let label = opts.label.clone().unwrap_or_else(|| format!("pitr {id}"));
+    // The reservation goes last when a failed backup is cleaned up: its id stays taken
+    // until everything else of it is gone.
+    let mut stored: Vec<ObjectKey> = vec![reservation];
     let result = backup(&mut conn, &repo, config, &server, &id, started, &label, &opts, &mut stored).await;
     match result {
         Ok(entry) => {
@@ -450,6 +471,22 @@ async fn backup(
     put_chunk(repo, &manifest_key, Bytes::from(obj.into_inner()), &header).await?;
     stored.push(manifest_key);
 
+    // Every object of the backup must be in the repository, under its own name, before the
+    // catalog entry says the backup exists.
+    let archives: Vec<ArchiveEntry> = out.archives;
+    let problems = catalog::missing_objects(repo, id, &archives).await?;
+    if !problems.is_empty() {
+        return Err(Failure::msg(
+            FailureKind::Storage,
+            format!(
+                "backup {id}: {} of its objects are not in the repository after they were stored ({}); nothing was \
+                 recorded",
+                problems.len(),
+                problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
+
     // The WAL that makes the backup consistent must be archived before the backup exists.
     let seg = server.segment_size;
     let ranges: Vec<(TimelineId, Lsn, Lsn)> = if manifest.wal_ranges.is_empty() {
@@ -480,7 +517,6 @@ async fn backup(
 
     let (first, _) = wal::segment_range(start_lsn, stop_lsn, seg);
     let (_, last) = wal::segment_range(start_lsn, stop_lsn, seg);
-    let archives: Vec<ArchiveEntry> = out.archives;
     let raw_bytes = archives.iter().map(|a| a.raw_bytes).sum();
     let stored_bytes = archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
     let entry = BackupEntry {

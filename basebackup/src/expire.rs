@@ -16,7 +16,10 @@
 //! backup starts at or after it, and recovery only reads forward). History files are kept.
 //! Objects of backups without a catalog entry (an interrupted backup or expire; checked by
 //! exact key, a listing may lag) are deleted once they are older than the oldest kept backup
-//! and [`ORPHAN_GRACE`] old: a backup still running has no entry yet either.
+//! and [`ORPHAN_GRACE`] old: a backup still running has no entry yet either. A recorded
+//! backup with missing objects (the listing shows them absent, exact keys confirm) cannot
+//! restore: the policy does not count it, so it never stands in for an intact backup, and it
+//! is left alone for the operator to look at.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -209,6 +212,10 @@ pub struct ExpirePlan {
     pub orphan_objects: Vec<ObjectInfo>,
     /// Ids of backups without a catalog entry that are kept (possibly in progress).
     pub incomplete: Vec<String>,
+    /// Recorded backups with missing objects (confirmed by exact key), with what is missing:
+    /// they cannot restore, so the policy does not count them (a damaged newest backup must
+    /// not be the reason to expire the intact ones before it); left alone, never deleted.
+    pub damaged: Vec<(BackupEntry, Vec<String>)>,
 }
 
 impl ExpirePlan {
@@ -253,9 +260,24 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     // One listing of `backups/` serves both the catalog entries and the objects to delete.
     let prefix = catalog::backups_prefix(repo.cluster());
     let objects = retry(repo.retry_policy(), "list backups", || repo.storage().list(&prefix)).await?;
-    let entries = catalog::entries_listed(repo, &objects).await?;
+    let mut entries = catalog::entries_listed(repo, &objects).await?;
+    // Backups whose objects the listing does not show, confirmed by exact key.
+    let listed: BTreeSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let mut damaged = Vec::new();
+    for e in &entries {
+        let expected = catalog::backup_objects(repo.cluster(), &e.id, &e.archives)?;
+        if expected.iter().all(|o| listed.contains(o.key.as_str())) {
+            continue;
+        }
+        let problems = catalog::missing_objects(repo, &e.id, &e.archives).await?;
+        if !problems.is_empty() {
+            tracing::warn!(backup = %e.id, "damaged backup (not counted by the policy, left alone): {}", problems[0]);
+            damaged.push((e.clone(), problems));
+        }
+    }
+    entries.retain(|e| !damaged.iter().any(|(d, _)| d.id == e.id));
     if entries.is_empty() {
-        return Ok(ExpirePlan::default());
+        return Ok(ExpirePlan { damaged, ..Default::default() });
     }
     let mut wal = vec![];
     for prefix in [repo.wal_prefix(), repo.receiver_prefix()] {
@@ -270,6 +292,8 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     let path = latest_path(repo, &histories, &entries).await?;
     let keep = kept(&entries, &path, policy, now)?;
     let mut plan = ExpirePlan { latest_path: path.describe(), ..Default::default() };
+    let damaged_ids: BTreeSet<String> = damaged.iter().map(|(e, _)| e.id.clone()).collect();
+    plan.damaged = damaged;
     for (e, k) in entries.iter().zip(keep) {
         if k { &mut plan.kept } else { &mut plan.expired }.push(e.clone());
     }
@@ -291,7 +315,7 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
             }
             continue;
         }
-        if entry_ids.contains(id.as_str()) {
+        if entry_ids.contains(id.as_str()) || damaged_ids.contains(&id) {
             continue;
         }
         if !entry_exists.contains_key(&id) {
@@ -382,6 +406,16 @@ pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime) -> String
             human(bytes)
         ));
     }
+    for (e, problems) in &plan.damaged {
+        out.push_str(&format!(
+            "damaged {}  stopped {}  {} object(s) missing, e.g. {}: not counted by the policy, left alone (see \
+             basebackup verify)\n",
+            e.id,
+            e.stop_time,
+            problems.len(),
+            problems[0]
+        ));
+    }
     if !plan.incomplete.is_empty() {
         out.push_str(&format!(
             "left alone (no catalog entry yet, may be in progress): {}\n",
@@ -414,6 +448,7 @@ pub fn report_json(plan: &ExpirePlan, dry_run: bool) -> serde_json::Value {
         "wal_bytes": plan.wal.iter().map(|o| o.size).sum::<u64>(),
         "orphans": plan.orphans,
         "incomplete": plan.incomplete,
+        "damaged": plan.damaged.iter().map(|(e, p)| serde_json::json!({"id": e.id, "problems": p})).collect::<Vec<_>>(),
         "deleted_objects": files,
         "deleted_bytes": bytes,
     })
@@ -667,5 +702,42 @@ mod tests {
         let again = plan(&repo, &p, NOW).await.unwrap();
         assert_eq!(again.totals(), (0, 0));
         assert!(again.expired.is_empty());
+    }
+
+    /// A recorded backup with a missing chunk (what a concurrent create's cleanup once left)
+    /// cannot restore: `--keep-backups 1` keeps the newest intact backup and its WAL instead of
+    /// keeping only the broken one, and the broken one is reported and left alone.
+    #[tokio::test]
+    async fn a_damaged_backup_never_counts_as_kept() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));
+        let mut backups = five()[2..].to_vec();
+        for b in &mut backups {
+            b.archives = vec![catalog::ArchiveEntry {
+                name: "base.tar".into(),
+                tablespace_oid: None,
+                tablespace_path: None,
+                chunks: 1,
+                raw_bytes: 10,
+                stored_bytes: 5,
+            }];
+            let json = serde_json::to_vec(b).unwrap();
+            let key = ObjectKey::new(catalog::entry_key("main", &b.id)).unwrap();
+            storage.put(&key, Body::Bytes(Bytes::from(json)), PutMode::CreateNew).await.unwrap();
+            put(&*storage, &catalog::chunk_key("main", &b.id, "base.tar", 0), 100).await;
+            put(&*storage, &catalog::manifest_key("main", &b.id), 10).await;
+        }
+        let newest = backups[2].id.clone();
+        storage.delete(&ObjectKey::new(catalog::chunk_key("main", &newest, "base.tar", 0)).unwrap()).await.unwrap();
+
+        let p = policy(Some(1), None);
+        let plan = plan(&repo, &p, NOW).await.unwrap();
+        assert_eq!(plan.kept.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [backups[1].id.as_str()]);
+        assert_eq!(plan.expired.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [backups[0].id.as_str()]);
+        assert_eq!(plan.damaged.len(), 1);
+        assert_eq!(plan.damaged[0].0.id, newest);
+        assert!(plan.backup_objects.iter().all(|o| !o.key.as_str().contains(&newest)), "the damaged one stays");
+        let text = report(&plan, &p, NOW);
+        assert!(text.contains(&format!("damaged {newest}")) && text.contains("object(s) missing"), "{text}");
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! <cluster>/backups/<id>/<archive>/<NNNNNN>.zst   the archive's tar stream in chunks, codec format
 //! <cluster>/backups/<id>/backup_manifest.zst      the server's manifest, codec format
+//! <cluster>/backups/<id>/reservation.json         who took the id (created FIRST, create-if-absent)
 //! <cluster>/backups/<id>.json                     this catalog entry, written LAST
 //! ```
 //! A backup without its catalog entry does not exist: readers list `backups/*.json` and
@@ -111,6 +112,12 @@ pub fn chunk_key(cluster: &str, id: &str, archive: &str, n: u32) -> String {
     format!("{cluster}/backups/{id}/{archive}/{n:06}.zst")
 }
 
+/// Key of the object that reserves backup id `id` for one `basebackup create` (created
+/// create-if-absent before anything else of the backup is stored; see `basebackup create`).
+pub fn reservation_key(cluster: &str, id: &str) -> String {
+    format!("{cluster}/backups/{id}/reservation.json")
+}
+
 /// Key of a backup's manifest.
 pub fn manifest_key(cluster: &str, id: &str) -> String {
     format!("{cluster}/backups/{id}/backup_manifest.zst")
@@ -186,6 +193,79 @@ pub async fn read_backup_object(
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// One object a recorded backup consists of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupObject {
+    /// Its key.
+    pub key: ObjectKey,
+    /// The name its codec header carries: `<id>/<archive>/<NNNNNN>` or `<id>/backup_manifest`.
+    pub name: String,
+}
+
+/// Every object of backup `id` with `archives`: each archive's chunks in order, then the
+/// manifest.
+pub fn backup_objects(
+    cluster: &str,
+    id: &str,
+    archives: &[ArchiveEntry],
+) -> Result<Vec<BackupObject>, RepositoryError> {
+    let mut out = Vec::new();
+    for a in archives {
+        for n in 0..a.chunks {
+            let key = ObjectKey::new(chunk_key(cluster, id, &a.name, n))?;
+            out.push(BackupObject { key, name: format!("{id}/{}/{n:06}", a.name) });
+        }
+    }
+    out.push(BackupObject { key: ObjectKey::new(manifest_key(cluster, id))?, name: format!("{id}/backup_manifest") });
+    Ok(out)
+}
+
+/// Object header reads in flight at once in [`missing_objects`].
+const PARALLEL_CHECKS: usize = 16;
+
+/// The objects of backup `id` with `archives` that are missing, or that hold something else
+/// than their key says (by their header's name), each with what is wrong; empty when every
+/// one is there.
+/// Exact-key reads of each object's header (a few hundred bytes each, [`PARALLEL_CHECKS`] at
+/// a time), never a listing: what `basebackup create` checks before it writes the catalog
+/// entry, and what the planner checks before it chooses a backup.
+pub async fn missing_objects(
+    repo: &Repository,
+    id: &str,
+    archives: &[ArchiveEntry],
+) -> Result<Vec<String>, RepositoryError> {
+    let objects = backup_objects(repo.cluster(), id, archives)?;
+    let mut problems = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending = objects.into_iter();
+    loop {
+        while tasks.len() < PARALLEL_CHECKS {
+            let Some(o) = pending.next() else { break };
+            let repo = repo.clone();
+            tasks.spawn(async move {
+                match repo.object_header(&o.key).await {
+                    Ok(Some(h)) if h.name == o.name => Ok(None),
+                    Ok(Some(h)) => Ok(Some(format!("{} holds {:?}, not {:?}", o.key, h.name, o.name))),
+                    Ok(None) => Ok(Some(format!("{} is missing", o.key))),
+                    Err(RepositoryError::Corrupt(m)) => Ok(Some(m)),
+                    Err(err) => Err(err),
+                }
+            });
+        }
+        match tasks.join_next().await {
+            None => break,
+            Some(r) => {
+                let r = r.map_err(|err| RepositoryError::Corrupt(format!("check task: {err}")))?;
+                if let Some(p) = r? {
+                    problems.push(p);
+                }
+            }
+        }
+    }
+    problems.sort();
+    Ok(problems)
 }
 
 /// Every finished backup of the repository's cluster, sorted by id: the catalog entries

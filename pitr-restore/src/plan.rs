@@ -67,6 +67,8 @@ pub struct Plan {
     pub stop: String,
     /// The newest commit/abort time in the WAL that recovery will replay, if any.
     pub last_transaction: Option<String>,
+    /// Newer backups that would have been chosen but are damaged (missing objects), with why.
+    pub skipped_backups: Vec<String>,
 }
 
 fn refuse(msg: impl std::fmt::Display) -> Failure {
@@ -430,6 +432,7 @@ pub async fn make_plan(
         receiver_wal_end: scanned.partial.flatten().map(|l| l.to_string()),
         stop,
         last_transaction: scanned.last_xact.map(pg_time_text),
+        skipped_backups: Vec::new(),
     })
 }
 
@@ -458,6 +461,9 @@ impl Plan {
                 "WAL:           {} .. {} ({} segments, all archived)\n",
                 self.first_segment, self.last_segment, self.segments
             ));
+        }
+        for s in &self.skipped_backups {
+            out.push_str(&format!("skipped:       damaged {s}\n"));
         }
         out.push_str(&format!("recovery stops {}\n", self.stop));
         if let Some(t) = &self.last_transaction {

@@ -69,7 +69,47 @@ async fn open(config: &Config) -> Result<(Repository, Vec<BackupEntry>, common::
 /// Makes the plan (no side effects).
 pub async fn plan(config: &Config, target: &Target, backup: Option<&str>) -> Result<Plan, Failure> {
     let (repo, backups, size) = open(config).await?;
-    make_plan(RepoSource::new(repo), backups, target, size, backup).await
+    checked_plan(&repo, backups, target, size, backup).await
+}
+
+/// The plan, with a backup whose objects are all in the repository: a chosen backup with a
+/// missing or misplaced chunk or manifest is skipped (and named in the plan) and the plan made
+/// again without it, so an older backup that reaches the target is used instead. A backup
+/// asked for with `--backup` is never replaced: its damage is the error (exit 6).
+async fn checked_plan(
+    repo: &Repository,
+    mut backups: Vec<BackupEntry>,
+    target: &Target,
+    size: common::wal::WalSegmentSize,
+    backup: Option<&str>,
+) -> Result<Plan, Failure> {
+    let mut skipped: Vec<String> = Vec::new();
+    loop {
+        let mut plan = match make_plan(RepoSource::new(repo.clone()), backups.clone(), target, size, backup).await {
+            Ok(p) => p,
+            Err(f) if !skipped.is_empty() => {
+                return Err(Failure::msg(f.kind, format!("{f} (skipped as damaged: {})", skipped.join("; "))));
+            }
+            Err(f) => return Err(f),
+        };
+        let problems = catalog::missing_objects(repo, &plan.backup.id, &plan.backup.archives).await?;
+        if problems.is_empty() {
+            plan.skipped_backups = skipped;
+            return Ok(plan);
+        }
+        let what = format!(
+            "backup {} ({} object(s) missing or misplaced: {})",
+            plan.backup.id,
+            problems.len(),
+            problems.iter().take(2).cloned().collect::<Vec<_>>().join("; ")
+        );
+        if backup.is_some() {
+            return Err(Failure::msg(FailureKind::Corrupt, format!("{what}; nothing was written")));
+        }
+        tracing::warn!("skipping damaged {what}");
+        skipped.push(what);
+        backups.retain(|b| b.id != plan.backup.id);
+    }
 }
 
 /// The wal-archiver that restore_command will run.
@@ -212,7 +252,7 @@ fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>) -> Result<(), Fa
 pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failure> {
     let t0 = Instant::now();
     let (repo, backups, size) = open(config).await?;
-    let plan = make_plan(RepoSource::new(repo.clone()), backups, &opts.target, size, opts.backup.as_deref()).await?;
+    let plan = checked_plan(&repo, backups, &opts.target, size, opts.backup.as_deref()).await?;
     let backup = plan.backup.clone();
     eprint!("{}", plan.render());
 

@@ -437,3 +437,36 @@ fn expire_keeps_every_restore_the_policy_promises() {
     let r = pitr_restore(&repo, &["plan", "--target-time", &between]);
     refused(&r, 10, "before the end of the oldest usable backup");
 }
+
+/// The newest backup lost a chunk (as a concurrent create's cleanup once did to a recorded
+/// backup): the planner skips it, names it, and restores from the older backup, which reaches
+/// the latest WAL too; asked for by id, the damaged backup is an error (6), nothing written.
+#[test]
+fn a_damaged_newest_backup_is_skipped() {
+    let repo = TestRepo::local();
+    let (c, _ts) = primary(&repo, "skip-damaged");
+    c.sql("CREATE TABLE marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let old = basebackup(&repo, &c);
+    c.sql("INSERT INTO marks (name) VALUES ('A')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let new = basebackup(&repo, &c);
+    c.sql("INSERT INTO marks (name) VALUES ('B')");
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
+    let chunk = repo.dir.as_ref().unwrap().join(format!("main/backups/{new}/base.tar/000000.zst"));
+    std::fs::remove_file(&chunk).unwrap();
+
+    let r = pitr_restore(&repo, &["plan"]);
+    let out = r.ok();
+    assert!(out.contains(&format!("backup:        {old}")), "{out}");
+    assert!(out.contains(&format!("skipped:       damaged backup {new}")) && out.contains("is missing"), "{out}");
+    let dir = scratch_dir("skip-damaged-explicit");
+    give_to_server_user(dir.path());
+    let data = dir.path().join("data");
+    let r = pitr_restore(&repo, &["--pgdata", data.to_str().unwrap(), "--backup", &new]);
+    refused(&r, 6, &format!("backup {new}"));
+    assert!(!data.exists(), "nothing written");
+    let (s, r) = restore_and_start(&repo, "skip-damaged-latest", &[]);
+    assert!(r.stderr.contains(&format!("skipped:       damaged backup {new}")), "{r:#?}");
+    assert_eq!(s.markers(), "A,B");
+}
