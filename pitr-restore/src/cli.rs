@@ -237,6 +237,7 @@ impl RestoreArgs {
             smoke_query: self.smoke_query.clone(),
             conninfo: self.dbname.clone(),
             promote_when_paused: false,
+            expected_end: None,
         })
     }
 }

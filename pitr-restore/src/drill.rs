@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::exit::{Failure, FailureKind};
+use common::lsn::Lsn;
 use common::pgwire::{ConnParams, Connection};
 
 use crate::target::{Action, Target, TargetKind};
@@ -26,6 +27,9 @@ pub struct DrillOptions {
     /// The settings make recovery pause at the target although the target's action is
     /// `promote`: promote the paused server with `pg_ctl promote` (see [`fast_promotion`]).
     pub promote_when_paused: bool,
+    /// Where the plan found the archived WAL to end (a restore to the latest WAL): recovery
+    /// that ended before it is a failure, and the server is stopped.
+    pub expected_end: Option<Lsn>,
 }
 
 /// Whether `--start` promotes the server itself once it paused at the target, instead of
@@ -128,6 +132,42 @@ async fn promote(data: &Path, ctl: &Path) -> Result<(), Failure> {
     }
     tracing::info!("recovery paused at the target: promoting");
     Ok(())
+}
+
+/// After a recovery to the latest WAL: where replay ended must not be before `expected`, the
+/// end of the WAL the plan found archived. PostgreSQL ends such a recovery at the first file
+/// that restore_command reports absent, so a segment reported absent by mistake (an old
+/// wal-archiver, a wrapper script, a repository switched under it) would otherwise end it
+/// early, silently. A short recovery stops the server (it has already promoted: nothing must
+/// write to it) and fails.
+async fn check_recovery_end(data: &Path, ctl: &Path, params: &ConnParams, expected: Lsn) -> Result<(), Failure> {
+    let row = query(params, "SELECT pg_last_wal_replay_lsn()::text")
+        .await
+        .map_err(|e| server(format!("after recovery: {e}")))?;
+    let replayed: Option<Lsn> = row.first().cloned().flatten().and_then(|t| t.parse().ok());
+    match replayed {
+        Some(r) if r >= expected => Ok(()),
+        r => {
+            let stopped = tokio::process::Command::new(ctl)
+                .arg("-D")
+                .arg(data)
+                .args(["-m", "fast", "-w", "stop"])
+                .output()
+                .await
+                .is_ok_and(|o| o.status.success());
+            Err(server(format!(
+                "recovery ended at {}, short of the end of the archived WAL at {expected} that the plan found: WAL in \
+                 between was not replayed (see restore_command failures in the server log, {}); {}",
+                r.map_or_else(|| "an unknown position".to_string(), |r| r.to_string()),
+                data.join("pitr-restore-server.log").display(),
+                if stopped {
+                    "the server was stopped so that nothing writes to it; restore again"
+                } else {
+                    "the server could not be stopped: stop it before anything writes to it"
+                }
+            )))
+        }
+    }
 }
 
 /// Starts the server on `data` and waits until it reached `target`.
@@ -247,6 +287,9 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
         let recovery = started.elapsed();
         if let Some(c) = poll.take() {
             let _ = c.terminate().await;
+        }
+        if let (Some(expected), TargetKind::Latest) = (opts.expected_end, &target.kind) {
+            check_recovery_end(data, &ctl, &params, expected).await?;
         }
         let last = query(&params, "SELECT pg_last_xact_replay_timestamp()::text")
             .await

@@ -67,8 +67,19 @@ pub struct Plan {
     pub stop: String,
     /// The newest commit/abort time in the WAL that recovery will replay, if any.
     pub last_transaction: Option<String>,
+    /// For a restore to the latest WAL: the end of the valid WAL in the last segment, where
+    /// recovery must get to (`pitr-restore --start` checks that it did).
+    #[serde(serialize_with = "lsn_text")]
+    pub recovery_end: Option<Lsn>,
     /// Newer backups that would have been chosen but are damaged (missing objects), with why.
     pub skipped_backups: Vec<String>,
+}
+
+fn lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Some(l) => s.serialize_str(&l.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 fn refuse(msg: impl std::fmt::Display) -> Failure {
@@ -128,6 +139,8 @@ struct Scan {
     last_xact: Option<PgTimestamp>,
     /// When the last segment is the receiver's partial object: the end of its valid WAL.
     partial: Option<Option<Lsn>>,
+    /// The end of the valid WAL in the last segment (its summary's).
+    end: Option<Lsn>,
 }
 
 /// Where a scan stops: `Some(segment)` when the target lies in it.
@@ -162,6 +175,7 @@ async fn scan(
     let mut next = from;
     let mut found: Found = None;
     let mut last_xact: Option<PgTimestamp> = None;
+    let mut prev_end: Option<Lsn> = None;
     loop {
         while pending.len() < LOOKAHEAD {
             let name = WalFileName::segment(path.tli_for_segment(next, size), next, size);
@@ -198,7 +212,7 @@ async fn scan(
                         Some(j) => j(segno, &p).is_some(),
                     };
                     if hit {
-                        return Ok(Scan { last: segno, last_xact, partial: Some(p.valid_end) });
+                        return Ok(Scan { last: segno, last_xact, partial: Some(p.valid_end), end: p.valid_end });
                     }
                     let last_time = last_xact.map(|t| format!("; newest transaction end: {}", pg_time_text(t)));
                     return Err(refuse(format!(
@@ -217,7 +231,7 @@ async fn scan(
                          (--target-time/--target-lsn) or find the missing segment"
                     )));
                 }
-                return Ok(Scan { last: segno - 1, last_xact, partial: None });
+                return Ok(Scan { last: segno - 1, last_xact, partial: None, end: prev_end });
             }
             if let Some(l) = later {
                 return Err(refuse(format!(
@@ -236,6 +250,7 @@ async fn scan(
         if let Some(t) = summary.last_xact_time.max(summary.first_xact_time) {
             last_xact = Some(last_xact.map_or(t, |l| l.max(t)));
         }
+        prev_end = summary.valid_end;
         if found.is_none() {
             if let Some(j) = judge.as_mut() {
                 found = j(segno, &summary);
@@ -246,7 +261,7 @@ async fn scan(
                 for (_, _, t) in pending {
                     t.abort();
                 }
-                return Ok(Scan { last: segno, last_xact, partial: None });
+                return Ok(Scan { last: segno, last_xact, partial: None, end: summary.valid_end });
             }
         }
     }
@@ -432,6 +447,7 @@ pub async fn make_plan(
         receiver_wal_end: scanned.partial.flatten().map(|l| l.to_string()),
         stop,
         last_transaction: scanned.last_xact.map(pg_time_text),
+        recovery_end: if target.kind == TargetKind::Latest { scanned.end } else { None },
         skipped_backups: Vec::new(),
     })
 }
@@ -656,6 +672,7 @@ mod tests {
         let (f, _) = archive();
         let p = plan(f, b.clone(), target(TargetKind::Latest)).await.unwrap();
         assert_eq!((p.backup_id.as_str(), p.last_segment.as_str(), p.segments), ("B2", "00000001000000000000000A", 5));
+        assert_eq!(p.recovery_end, Some(Lsn(10 * SEG + SEG - 8)), "the last segment's valid end");
 
         let (f, _) = archive();
         let p = plan(f, b.clone(), target(TargetKind::Immediate)).await.unwrap();
@@ -718,6 +735,7 @@ mod tests {
         assert_eq!((p.last_segment.as_str(), p.segments), ("00000001000000000000000B", 6));
         assert!(p.last_segment_from_receiver);
         assert_eq!(p.receiver_wal_end.as_deref(), Some("0/B001388"));
+        assert_eq!(p.recovery_end, Some(Lsn(11 * SEG + 5000)), "recovery must get to the partial's end");
         assert!(p.stop.contains("receiver's partial segment"), "{}", p.stop);
         assert!(p.render().contains("the last one is the receiver's partial segment"), "{}", p.render());
         assert_eq!(p.last_transaction.as_deref(), Some(pg_time_text(ts(2650)).as_str()));

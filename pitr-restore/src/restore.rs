@@ -375,7 +375,7 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
         );
         return Ok(());
     };
-    let drill_opts = DrillOptions { promote_when_paused: fast, ..drill_opts.clone() };
+    let drill_opts = DrillOptions { promote_when_paused: fast, expected_end: plan.recovery_end, ..drill_opts.clone() };
     let report = drill::run(&opts.pgdata, &opts.target, &drill_opts).await?;
     println!(
         "server {} after {:.1} s of recovery; total time {:.1} s; last transaction recovered: {}; smoke query: {}; log: {}",

@@ -470,3 +470,64 @@ fn a_damaged_newest_backup_is_skipped() {
     assert!(r.stderr.contains(&format!("skipped:       damaged backup {new}")), "{r:#?}");
     assert_eq!(s.markers(), "A,B");
 }
+
+/// A restore to the latest WAL whose recovery ends short of what the plan found archived
+/// (here a restore_command that reports one segment absent, as an old or wrapped
+/// wal-archiver might) is a failure (exit 9) and the server is stopped, never a success that
+/// says "promoted" with commits missing.
+#[test]
+fn a_short_recovery_to_latest_fails() {
+    let repo = TestRepo::local();
+    let (c, _ts) = primary(&repo, "short-latest");
+    c.sql("CREATE TABLE marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    basebackup(&repo, &c);
+    c.sql("INSERT INTO marks (name) VALUES ('A')");
+    c.switch_wal();
+    c.sql("INSERT INTO marks (name) VALUES ('B')");
+    let victim = c.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
+
+    let dir = scratch_dir("short-latest-restore");
+    let wrapper = dir.path().join("wal-archiver-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\nargs=(\"$@\")\nif [ \"${{args[${{#args[@]}}-2]}}\" = {victim} ]; then exit 1; fi\nexec {} \"$@\"\n",
+            bins::bin("wal-archiver").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    give_to_server_user(dir.path());
+    let data = dir.path().join("data");
+    let port = free_port();
+    let ts_map = format!("{}={}", TS_OID.with(|o| o.borrow().clone()), dir.path().join("ts").display());
+    let r = pitr_restore(
+        &repo,
+        &[
+            "--pgdata",
+            data.to_str().unwrap(),
+            "--start",
+            "--start-timeout",
+            "120",
+            "--tablespace",
+            &ts_map,
+            "--wal-archiver",
+            wrapper.to_str().unwrap(),
+            "--set",
+            &format!("port={port}"),
+            "--set",
+            &format!("unix_socket_directories={}", dir.path().display()),
+            "--set",
+            "listen_addresses=",
+            "--set",
+            "archive_mode=off",
+        ],
+    );
+    refused(&r, 9, "short of the end of the archived WAL");
+    assert!(r.stderr.contains("the server was stopped"), "{r:#?}");
+    assert!(!data.join("postmaster.pid").exists(), "the server is not running");
+    let log = server_log(&data);
+    assert!(!log.contains(&format!("restored log file \"{victim}\"")), "the victim was never restored: {log}");
+}
