@@ -68,7 +68,15 @@ pub enum CodecError {
     },
     /// Reading the source or writing the destination failed.
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// By hand, not `#[from]`: that would also make the I/O error the `source()`, and a printed
+// error chain would say it twice.
+impl From<io::Error> for CodecError {
+    fn from(e: io::Error) -> Self {
+        CodecError::Io(e)
+    }
 }
 
 /// Full length of the header frame whose first bytes are `first` (at least

@@ -328,3 +328,37 @@ fn a_relative_repository_is_refused_where_postgresql_runs_us() {
     c.current_dir(dir.path()).env("PITR_REPO", "./repo").args(["get", &name]).arg(dir.path().join("o"));
     run(c).fails_with(207, "absolute");
 }
+
+/// A full repository disk: push fails with the documented exit code for a repository that
+/// cannot store (5), in one line that names the repository and says the disk is full,
+/// leaves no temporary file behind, and stores nothing; once space is free the same push
+/// succeeds.
+#[test]
+fn a_full_repository_disk() {
+    let fs = pitr_tests::fs::SmallFs::mount("repo", 8 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = fs.join("repo");
+    let (name, data) = segment(SYSTEM_ID, 1, 3);
+    let p = write(dir.path(), &name, &data);
+    // Fill the disk but for a little room.
+    let filler = fs.join("filler");
+    std::fs::write(&filler, vec![7u8; (fs.free() - (8 << 10)) as usize]).unwrap_or(());
+    let push = || {
+        let mut c = pitr_tests::bins::wal_archiver();
+        c.args(["push", "--repo", repo_dir.to_str().unwrap()]).arg(&p);
+        run(c)
+    };
+    let r = push();
+    assert_eq!(r.code, 5, "{r:#?}");
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{r:#?}");
+    assert!(lines[0].contains(repo_dir.to_str().unwrap()) && lines[0].contains("No space left on device"), "{r:#?}");
+    assert_eq!(lines[0].matches("No space left on device").count(), 1, "said once: {r:#?}");
+    let tmp = repo_dir.join(".pitr-tmp");
+    let left: Vec<_> =
+        std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    assert!(!repo_dir.join("main/wal").exists() || std::fs::read_dir(repo_dir.join("main/wal")).unwrap().count() == 0);
+    std::fs::remove_file(&filler).unwrap();
+    push().ok();
+}

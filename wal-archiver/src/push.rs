@@ -125,14 +125,23 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
         WalFileKind::History | WalFileKind::Backup => None,
     };
 
-    let scratch = repo.storage().scratch_dir().unwrap_or_else(std::env::temp_dir);
+    // The compressed object is staged in the repository's own scratch directory (local) or
+    // the system's temporary directory (S3): a write failure there (a full disk) is the
+    // repository's failure (exit 5) in the first case, a local one (8) in the second.
+    let (scratch, scratch_kind) = match repo.storage().scratch_dir() {
+        Some(d) => (d, FailureKind::Storage),
+        None => (std::env::temp_dir(), FailureKind::LocalIo),
+    };
+    let scratch_error = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+        Failure::msg(scratch_kind, format!("cannot {what} {}: {e}; nothing was archived", p.display()))
+    };
     let tmp = TempFile(temp_path(&scratch, file_name));
     let mut out = File::options()
         .read(true)
         .write(true)
         .create_new(true)
         .open(&tmp.0)
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp.0.display())))?;
+        .map_err(|e| scratch_error("create", &tmp.0, &e))?;
     let header = codec::compress_with_summary(
         &data,
         &mut io::empty(),
@@ -141,7 +150,11 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
         Some(size),
         summary,
         config.compress,
-    )?;
+    )
+    .map_err(|e| match e {
+        codec::CodecError::Io(e) => scratch_error("write", &tmp.0, &e),
+        e => e.into(),
+    })?;
     if header.raw_size != size {
         return Err(changed(path, size, header.raw_size));
     }

@@ -85,13 +85,13 @@ pub enum PgWireError {
     Config(String),
 
     /// Reaching the server or talking to it failed at the transport level.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What we were doing, naming the server (`connection to server at "db1" port 5432`).
         context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+        /// The underlying error (in the message, not also a `source()`: a printed error
+        /// chain says it once).
+        error: io::Error,
     },
 
     /// The server closed the connection when a message was expected.
@@ -149,8 +149,8 @@ impl PgWireError {
     /// failures, commands the server refuses (syntax, unsupported), protocol violations.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PgWireError::Io { source, .. } => !matches!(
-                source.kind(),
+            PgWireError::Io { error, .. } => !matches!(
+                error.kind(),
                 io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
             ),
             PgWireError::Closed(_) | PgWireError::Timeout { .. } => true,
@@ -180,7 +180,7 @@ impl PgWireError {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> PgWireError {
-        PgWireError::Io { context: context.into(), source }
+        PgWireError::Io { context: context.into(), error: source }
     }
 }
 

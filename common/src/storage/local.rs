@@ -27,6 +27,29 @@ pub struct LocalStorage {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Scratch files older than this are left over from a writer that was killed (a write stages
+/// a file and links it into place within seconds; a base-backup chunk is 16 MiB): removed by
+/// the next writer that opens the repository, so a full disk is not made of garbage.
+pub const SCRATCH_STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes scratch files not modified for [`SCRATCH_STALE`]. Best effort: one directory read
+/// per writer, usually of an empty directory.
+fn sweep_scratch(scratch: &Path) {
+    let Ok(entries) = fs::read_dir(scratch) else { return };
+    let now = std::time::SystemTime::now();
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > SCRATCH_STALE);
+        if stale {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A unique temporary path inside `dir`.
 pub fn temp_path(dir: &Path, hint: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -60,7 +83,8 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
 }
 
 impl LocalStorage {
-    /// Opens (and creates, if missing) a repository rooted at `root`.
+    /// Opens (and creates, if missing) a repository rooted at `root`, for writing: also
+    /// removes what killed writers left in the scratch directory (see [`SCRATCH_STALE`]).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let root = root.into();
         create_dir_all_durable(&root.join(SCRATCH)).map_err(|e| {
@@ -69,6 +93,7 @@ impl LocalStorage {
                 root.display()
             ))
         })?;
+        sweep_scratch(&root.join(SCRATCH));
         Ok(LocalStorage { root })
     }
 
@@ -204,8 +229,7 @@ impl Storage for LocalStorage {
         let result = loop {
             attempts += 1;
             match self.put_staged(key, &tmp, owned, &dest, &dir, mode) {
-                Err(StorageError::Io { ref source, .. })
-                    if source.kind() == io::ErrorKind::NotFound && attempts < 5 => {}
+                Err(StorageError::Io { ref error, .. }) if error.kind() == io::ErrorKind::NotFound && attempts < 5 => {}
                 r => break r,
             }
         };
@@ -389,6 +413,24 @@ mod tests {
     /// Runs a future to completion on this (blocking) thread.
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    /// What a killed writer left in the scratch directory (an hour and more old) is removed
+    /// by the next writer; a file being written now is not.
+    #[test]
+    fn stale_scratch_files_are_swept_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path()).unwrap();
+        let scratch = s.scratch_dir().unwrap();
+        let (old, new) = (scratch.join("killed.tmp"), scratch.join("writing.tmp"));
+        fs::write(&old, b"x").unwrap();
+        fs::write(&new, b"y").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+        LocalStorage::open_existing(dir.path()).unwrap();
+        assert!(old.exists(), "readers leave it");
+        LocalStorage::open(dir.path()).unwrap();
+        assert!(!old.exists() && new.exists());
     }
 
     #[tokio::test]

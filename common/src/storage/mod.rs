@@ -128,15 +128,16 @@ pub enum StorageError {
     #[error("invalid object key {0:?}")]
     InvalidKey(String),
     /// A local filesystem error.
-    #[error("{op} {path}: {source}")]
+    /// (The cause is part of the message and not also a `source()`, so that a printed error
+    /// chain does not say it twice.)
+    #[error("{op} {path}: {error}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// The path involved.
         path: String,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A remote store's error.
     #[error("{op} {key}: {message}")]
@@ -160,8 +161,8 @@ impl StorageError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StorageError::Remote { retryable, .. } => *retryable,
-            StorageError::Io { source, .. } => matches!(
-                source.kind(),
+            StorageError::Io { error, .. } => matches!(
+                error.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
             ),
             _ => false,
@@ -173,8 +174,8 @@ impl StorageError {
         matches!(self, StorageError::NotFound { .. })
     }
 
-    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        StorageError::Io { op, path: path.display().to_string(), source }
+    pub(crate) fn io(op: &'static str, path: &Path, error: std::io::Error) -> Self {
+        StorageError::Io { op, path: path.display().to_string(), error }
     }
 }
 

@@ -484,7 +484,7 @@ impl S3Storage {
             Source::File(p) => {
                 let crc = file_crc32(p, size).await?;
                 let body = ByteStream::read_from().path(p).length(Length::Exact(size)).build().await.map_err(|e| {
-                    StorageError::Io { op: "open", path: p.display().to_string(), source: std::io::Error::other(e) }
+                    StorageError::Io { op: "open", path: p.display().to_string(), error: std::io::Error::other(e) }
                 })?;
                 (body, crc)
             }
