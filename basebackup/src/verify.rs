@@ -77,22 +77,39 @@ pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<()
             }
         }
     };
+    // Every backup is checked and reported, also after a damaged one: one bad backup must not
+    // hide another. A failure that is not the backup's (the repository unreachable, a local
+    // error) stops the run.
+    let mut damaged = Vec::new();
     for e in &entries {
-        let v = verify_backup(&repo, e).await?;
-        println!(
-            "{}: ok ({} files, {} chunks, {} raw; WAL {} to {} present)",
-            e.id,
-            v.files,
-            v.chunks,
-            human(v.raw_bytes),
-            e.wal_start_segment,
-            e.wal_stop_segment
-        );
+        match verify_backup(&repo, e).await {
+            Ok(v) => println!(
+                "{}: ok ({} files, {} chunks, {} raw; WAL {} to {} present)",
+                e.id,
+                v.files,
+                v.chunks,
+                human(v.raw_bytes),
+                e.wal_start_segment,
+                e.wal_stop_segment
+            ),
+            Err(f) if f.kind == FailureKind::Corrupt => {
+                println!("{}: DAMAGED: {f}", e.id);
+                damaged.push(e.id.clone());
+            }
+            Err(f) => return Err(f),
+        }
     }
     if all && entries.is_empty() {
         println!("no backups in cluster {:?}", repo.cluster());
     }
-    Ok(())
+    match damaged.len() {
+        0 => Ok(()),
+        1 if entries.len() == 1 => Err(corrupt(&damaged[0], "is damaged (see above)")),
+        n => Err(Failure::msg(
+            FailureKind::Corrupt,
+            format!("{n} of {} backups are damaged: {}", entries.len(), damaged.join(", ")),
+        )),
+    }
 }
 
 fn codec_failure(id: &str, what: &str, key: &ObjectKey, e: CodecError) -> Failure {

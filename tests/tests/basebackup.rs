@@ -252,4 +252,20 @@ fn parallel_creates_never_break_a_recorded_backup() {
     for id in &ids {
         assert!(listed.ok().contains(id.as_str()), "{id} listed");
     }
+
+    // `verify --all` reports every damaged backup, not only the first: one loses a chunk,
+    // another a byte of its manifest.
+    let backups = repo.dir.as_ref().unwrap().join("main/backups");
+    std::fs::remove_file(backups.join(&unique[1]).join("base.tar/000000.zst")).unwrap();
+    let manifest = backups.join(&unique[4]).join("backup_manifest.zst");
+    let mut b = std::fs::read(&manifest).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x55;
+    std::fs::write(&manifest, b).unwrap();
+    let r = run(basebackup(&repo, &cluster), &["verify", "--all"]);
+    fails_with(&r, 6, &format!("2 of 6 backups are damaged: {}, {}", unique[1], unique[4]));
+    for (i, id) in unique.iter().enumerate() {
+        let want = if i == 1 || i == 4 { format!("{id}: DAMAGED") } else { format!("{id}: ok") };
+        assert!(r.stdout.contains(&want), "{want}: {r:#?}");
+    }
 }
