@@ -208,6 +208,16 @@ pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, Failure> {
         .map_err(|e| config_error(format!("configuration file {}: {}", path.display(), e.message().trim())))
 }
 
+/// `url` with the user information of its authority (`user:password@`) replaced by `***`,
+/// when it has any; `None` when it has none.
+pub fn redact_userinfo(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let prefix = if scheme.is_empty() { String::new() } else { format!("{scheme}://") };
+    Some(format!("{prefix}***@{}", &rest[at + 1..]))
+}
+
 impl std::fmt::Display for RepoLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -291,6 +301,15 @@ impl Config {
             })?),
             None => None,
         };
+        if let Some(e) = &s3.endpoint {
+            if let Some(redacted) = redact_userinfo(e) {
+                return Err(config_error(format!(
+                    "invalid s3-endpoint {redacted}: credentials do not belong in the endpoint URL (they would end up \
+                     in logs and in restore_command); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an \
+                     AWS profile"
+                )));
+            }
+        }
         for (what, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region)] {
             if v.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
                 return Err(config_error(format!("invalid {what}: it contains a control character")));
@@ -403,6 +422,23 @@ mod tests {
         }
         let args = RepoArgs { repo: Some("/r".into()), s3_endpoint: Some("http://h\n".into()), ..Default::default() };
         assert_eq!(Config::resolve(&args).unwrap_err().kind, FailureKind::Config);
+    }
+
+    /// Credentials in an S3 endpoint are refused, and the error does not repeat them.
+    #[test]
+    fn credentials_in_the_endpoint_are_refused_unechoed() {
+        let args = RepoArgs {
+            repo: Some("s3://bkt/x".into()),
+            s3_endpoint: Some("http://admin:s3cr3t@127.0.0.1:9000/".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&args).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        let text = e.to_string();
+        assert!(!text.contains("s3cr3t") && !text.contains("admin"), "{text}");
+        assert!(text.contains("http://***@127.0.0.1:9000/"), "{text}");
+        assert_eq!(redact_userinfo("https://h:1/p@x"), None, "an @ in the path is not user information");
+        assert_eq!(redact_userinfo("h@x:1").as_deref(), Some("***@x:1"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ See docs/restore.md and docs/runbook.md.";
 
 /// Restore a PostgreSQL cluster from a pitr repository to a point in time.
 #[derive(Debug, Parser)]
-#[command(name = "pitr-restore", version, about, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+#[command(name = "pitr-restore", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Log what is being done (to stderr); PITR_LOG=debug for more.
     #[arg(long, short, global = true)]
@@ -56,10 +56,11 @@ pub struct Cli {
 pub enum Command {
     /// Print the restore plan (backup, timelines, WAL range, where recovery stops) and check
     /// that it can be carried out, without writing anything.
+    ///
+    /// The target options work before or after `plan` (`pitr-restore plan --target-time T`,
+    /// `pitr-restore --repo R --target-time T plan`); restore options (--force, --start, ...)
+    /// do not apply.
     Plan {
-        /// Where to stop.
-        #[command(flatten)]
-        target: TargetArgs,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -70,36 +71,37 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Recover to this time (needs a zone: '2026-12-02 03:04:05+00', ...Z, ...+01:00).
-    #[arg(long, value_name = "TIME", group = "tgt")]
+    #[arg(long, value_name = "TIME", group = "tgt", global = true)]
     pub target_time: Option<String>,
     /// Recover to this WAL position (e.g. 0/3A000028).
-    #[arg(long, value_name = "LSN", group = "tgt")]
+    #[arg(long, value_name = "LSN", group = "tgt", global = true)]
     pub target_lsn: Option<String>,
     /// Recover to the commit or abort of this transaction id.
-    #[arg(long, value_name = "XID", group = "tgt")]
+    #[arg(long, value_name = "XID", group = "tgt", global = true)]
     pub target_xid: Option<String>,
     /// Recover to this named restore point.
-    #[arg(long, value_name = "NAME", group = "tgt")]
+    #[arg(long, value_name = "NAME", group = "tgt", global = true)]
     pub target_name: Option<String>,
-    /// `immediate`: stop as soon as the backup is consistent.
-    #[arg(long, value_name = "immediate", group = "tgt", value_parser = ["immediate"])]
+    /// `immediate`: stop as soon as the backup is consistent; `latest`: at the end of the
+    /// archived WAL (the same as giving no target).
+    #[arg(long, value_name = "immediate|latest", group = "tgt", value_parser = ["immediate", "latest"], global = true)]
     pub target: Option<String>,
     /// Stop just before the target instead of just after it (time, LSN and xid targets).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub target_exclusive: bool,
     /// Timeline to follow: latest, current (the backup's) or a number.
-    #[arg(long, value_name = "TLI", default_value = "latest")]
+    #[arg(long, value_name = "TLI", default_value = "latest", global = true)]
     pub target_timeline: String,
     /// What the server does at the target.
-    #[arg(long, value_enum, value_name = "ACTION", default_value = "promote")]
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "promote", global = true)]
     pub target_action: Action,
     /// Restore this backup (an id from `basebackup list`) instead of the newest suitable one.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", global = true)]
     pub backup: Option<String>,
 }
 
 /// How to rebuild the data directory.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RestoreArgs {
     /// Delete the contents of non-empty destination directories first.
     #[arg(long)]
@@ -164,7 +166,7 @@ impl TargetArgs {
                 return Err(usage("--target-name: a restore point name has no control characters"));
             }
             TargetKind::Name(n.clone())
-        } else if self.target.is_some() {
+        } else if self.target.as_deref() == Some("immediate") {
             TargetKind::Immediate
         } else {
             TargetKind::Latest
@@ -227,6 +229,27 @@ impl RestoreArgs {
                 Ok((k, v))
             })
             .collect()
+    }
+
+    /// The first restore option given on the command line (none for `plan`, which writes
+    /// nothing): compared with what an empty command line parses to.
+    pub fn given_option(&self) -> Option<&'static str> {
+        let none = Cli::try_parse_from(["pitr-restore"]).map(|c| c.restore).ok()?;
+        let checks: [(&str, bool); 12] = [
+            ("--force", self.force != none.force),
+            ("--tablespace", self.tablespaces != none.tablespaces),
+            ("--jobs", self.jobs != none.jobs),
+            ("--buffered-io", self.buffered_io != none.buffered_io),
+            ("--wal-archiver", self.wal_archiver != none.wal_archiver),
+            ("--set", self.set != none.set),
+            ("--start", self.start != none.start),
+            ("--pg-bin", self.pg_bin != none.pg_bin),
+            ("--start-timeout", self.start_timeout != none.start_timeout),
+            ("--smoke-query", self.smoke_query != none.smoke_query),
+            ("--dbname", self.dbname != none.dbname),
+            ("(any)", *self != none),
+        ];
+        checks.iter().find(|(_, differs)| *differs).map(|(name, _)| *name)
     }
 
     /// The drill options, when --start was given.

@@ -34,9 +34,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     let rt = common::cmdline::runtime(2)?;
     common::cmdline::run_as_task(&rt, async move {
         match cli.command {
-            Some(Command::Plan { target, json }) => {
-                let t = target.target()?;
-                let p = restore::plan(&config, &t, target.backup.as_deref()).await?;
+            Some(Command::Plan { json }) => {
+                if let Some(option) = cli.restore.given_option() {
+                    return Err(Failure::msg(
+                        FailureKind::Usage,
+                        format!("{option} applies to a restore; plan writes nothing (drop it, or drop plan)"),
+                    ));
+                }
+                let t = cli.target.target()?;
+                let p = restore::plan(&config, &t, cli.target.backup.as_deref()).await?;
                 if json {
                     println!("{}", serde_json::to_string(&p).unwrap_or_default());
                 } else {

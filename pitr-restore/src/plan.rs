@@ -158,6 +158,26 @@ struct Archive<'a> {
     path: &'a TimelinePath,
     size: WalSegmentSize,
     listing: &'a Listing,
+    /// The restore point a `--target-name` looks for: reaching the end of the archive without
+    /// it means there is no such restore point, not a target "beyond" the archive.
+    restore_point: Option<&'a str>,
+}
+
+/// The refusal when the archive ends before a restore point named `name` was found.
+fn no_restore_point(name: &str, from: &WalFileName, end: &str, seen: &std::collections::BTreeSet<String>) -> Failure {
+    let others = if seen.is_empty() {
+        "it holds none".to_string()
+    } else {
+        let mut names: Vec<&str> = seen.iter().map(String::as_str).take(10).collect();
+        if seen.len() > 10 {
+            names.push("...");
+        }
+        format!("it holds {}", names.join(", "))
+    };
+    refuse(format!(
+        "no restore point named {name:?} in the archived WAL from segment {from} to {end} ({others}); \
+         restore points are made with pg_create_restore_point('{name}') and must be archived"
+    ))
 }
 
 /// Reads summaries from `from` on, in order, `LOOKAHEAD` at a time; calls `judge` on each
@@ -170,7 +190,9 @@ async fn scan(
     mut judge: Option<Judge<'_>>,
     what: &str,
 ) -> Result<Scan, Failure> {
-    let Archive { src, path, size, listing } = *archive;
+    let Archive { src, path, size, listing, restore_point } = *archive;
+    let mut seen_points = std::collections::BTreeSet::new();
+    let first_name = WalFileName::segment(path.tli_for_segment(from, size), from, size);
     let mut pending: VecDeque<Lookup> = VecDeque::new();
     let mut next = from;
     let mut found: Found = None;
@@ -214,6 +236,15 @@ async fn scan(
                     if hit {
                         return Ok(Scan { last: segno, last_xact, partial: Some(p.valid_end), end: p.valid_end });
                     }
+                    if let Some(n) = restore_point {
+                        seen_points.extend(p.restore_points.iter().map(|r| r.name.clone()));
+                        return Err(no_restore_point(
+                            n,
+                            &first_name,
+                            &format!("the receiver's partial segment {name}"),
+                            &seen_points,
+                        ));
+                    }
                     let last_time = last_xact.map(|t| format!("; newest transaction end: {}", pg_time_text(t)));
                     return Err(refuse(format!(
                         "{what} is beyond the archived WAL: the archive ends in the receiver's partial segment {name} \
@@ -239,6 +270,14 @@ async fn scan(
                      (later WAL such as {l} is archived): recovery would stop at the gap"
                 )));
             }
+            if let Some(n) = restore_point {
+                return Err(no_restore_point(
+                    n,
+                    &first_name,
+                    &format!("the end of the archive (before {name})"),
+                    &seen_points,
+                ));
+            }
             let last_time = last_xact.map(|t| format!(" (newest archived transaction end: {})", pg_time_text(t)));
             return Err(refuse(format!(
                 "{what} is beyond the archived WAL: the archive ends before segment {name}{}; wait until the WAL is \
@@ -251,6 +290,9 @@ async fn scan(
             last_xact = Some(last_xact.map_or(t, |l| l.max(t)));
         }
         prev_end = summary.valid_end;
+        if restore_point.is_some() {
+            seen_points.extend(summary.restore_points.iter().map(|r| r.name.clone()));
+        }
         if found.is_none() {
             if let Some(j) = judge.as_mut() {
                 found = j(segno, &summary);
@@ -320,7 +362,11 @@ pub async fn make_plan(
         )));
     }
     let what = target.describe();
-    let archive = Archive { src: &src, path: &path, size, listing: &listing };
+    let restore_point = match &target.kind {
+        TargetKind::Name(n) => Some(n.as_str()),
+        _ => None,
+    };
+    let archive = Archive { src: &src, path: &path, size, listing: &listing, restore_point };
 
     // Choose the backup.
     let oldest = backups[0].clone();
@@ -668,6 +714,20 @@ mod tests {
         });
         let p = plan(f, b.clone(), target(TargetKind::Name("before".into()))).await.unwrap();
         assert_eq!((p.backup_id.as_str(), p.last_segment.as_str()), ("B1", "000000010000000000000004"));
+
+        // A name that was never made: said so, with the names that do exist.
+        let (mut f, _) = archive();
+        f.seg(1, 4, &[1200], 1040).restore_points.push(RestorePoint {
+            name: "before".into(),
+            lsn: Lsn(4 * SEG + 500),
+            time: ts(1200),
+        });
+        let e = plan(f, b.clone(), target(TargetKind::Name("befor".into()))).await.unwrap_err();
+        assert_eq!(e.kind, FailureKind::Refused);
+        assert!(
+            e.to_string().contains("no restore point named \"befor\"") && e.to_string().contains("it holds before"),
+            "{e}"
+        );
 
         let (f, _) = archive();
         let p = plan(f, b.clone(), target(TargetKind::Latest)).await.unwrap();

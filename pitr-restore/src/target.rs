@@ -77,13 +77,29 @@ fn usage(msg: impl std::fmt::Display) -> Failure {
     Failure::msg(FailureKind::Usage, msg)
 }
 
+/// Zone names accepted besides numeric offsets (in any case): the ones that mean UTC
+/// everywhere. Others (`CET`, `Europe/Berlin`, `EST`) depend on a time zone database and on
+/// the date, so they are refused with a hint to give the offset.
+const UTC_NAMES: [&str; 4] = ["utc", "gmt", "z", "zulu"];
+
 /// Parses a `--target-time`: RFC 3339 or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]`
-/// (also `Z` or ` UTC`). A zone is required.
+/// (also `Z`, `UTC` or `GMT`, in any case, with or without a space). A zone is required.
 pub fn parse_time(text: &str) -> Result<PgTimestamp, Failure> {
     let t = text.trim();
     let mut s = t.replacen(' ', "T", 1);
-    if let Some(rest) = s.strip_suffix(" UTC").or_else(|| s.strip_suffix("UTC")) {
-        s = format!("{}Z", rest.trim_end());
+    let lower = s.to_ascii_lowercase();
+    if let Some(name) = UTC_NAMES.iter().find(|n| {
+        lower.ends_with(*n) && lower[..lower.len() - n.len()].trim_end().ends_with(|c: char| c.is_ascii_digit())
+    }) {
+        s = format!("{}Z", s[..s.len() - name.len()].trim_end());
+    }
+    // After the date and its `T`: the clock and the zone.
+    let clock = s.get(11..).filter(|_| s.as_bytes().get(10) == Some(&b'T')).unwrap_or_default();
+    if clock.trim_end_matches('Z').chars().any(|c| c.is_ascii_alphabetic()) {
+        return Err(usage(format!(
+            "--target-time {t:?}: only numeric zones (+01, -05:00) and UTC, GMT or Z are understood; write the \
+             offset the time had (e.g. 2026-12-02 03:04:05+01 for CET)"
+        )));
     }
     // Normalise a numeric zone: +HH, +HHMM -> +HH:MM.
     let zone_at = s.rfind(['+', '-']).filter(|&i| i > 10);
@@ -192,6 +208,14 @@ mod tests {
         let e = parse_time("2026-12-02 03:04:05").unwrap_err();
         assert!(e.to_string().contains("no time zone"), "{e}");
         assert!(parse_time("yesterday+00").is_err());
+        for utc in ["utc", "GMT", "gmt", " z", "Z", "UTC", " Zulu"] {
+            assert_eq!(parse_time(&format!("2026-12-02 03:04:05{utc}")).unwrap(), a, "{utc:?}");
+            assert_eq!(parse_time(&format!("2026-12-02 03:04:05 {}", utc.trim())).unwrap(), a, "{utc:?}");
+        }
+        for named in ["2026-12-02 03:04:05 CET", "2026-12-02 03:04:05 Europe/Berlin", "2026-12-02 03:04:05EST"] {
+            let e = parse_time(named).unwrap_err();
+            assert!(e.to_string().contains("only numeric zones"), "{named}: {e}");
+        }
     }
 
     #[test]
