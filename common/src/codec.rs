@@ -439,6 +439,35 @@ pub fn digest<R: Read>(src: &mut R) -> io::Result<(u64, String)> {
     Ok((total, hasher.finalize().to_hex().to_string()))
 }
 
+/// A source that remembers whether reading from it failed. [`decompress`] reports a source's
+/// read error and damage in the object alike (zstd surfaces both as I/O errors); wrapped in
+/// this, a caller tells a download cut off in the middle (retry it) from a damaged object.
+#[derive(Debug)]
+pub struct SourceErrors<R> {
+    inner: R,
+    failed: bool,
+}
+
+impl<R> SourceErrors<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        SourceErrors { inner, failed: false }
+    }
+
+    /// Whether a read from the source failed.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+}
+
+impl<R: Read> Read for SourceErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.inner.read(buf);
+        self.failed |= r.is_err();
+        r
+    }
+}
+
 /// Reads until `buf` is full or the source ends; returns the bytes read.
 pub fn read_full<R: Read + ?Sized>(src: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;

@@ -16,7 +16,7 @@ use crate::exit::{Failure, FailureKind};
 use crate::repository::{valid_cluster_name, Repository};
 use crate::retry::RetryPolicy;
 use crate::storage::local::LocalStorage;
-use crate::storage::s3::{S3Config, S3Storage};
+use crate::storage::s3::{S3Config, S3Options, S3Storage};
 use crate::storage::Storage;
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -50,6 +50,10 @@ pub struct RepoArgs {
     /// Path-style S3 addressing [default: true when --s3-endpoint is set].
     #[arg(long, env = "PITR_S3_PATH_STYLE", value_name = "BOOL", global = true)]
     pub s3_path_style: Option<bool>,
+    /// Seconds an S3 request may take until its answer starts, and the longest pause while a
+    /// body arrives; a request over it fails and is retried [default: 60].
+    #[arg(long, env = "PITR_S3_TIMEOUT", value_name = "SECS", global = true)]
+    pub s3_timeout: Option<u32>,
     /// PostgreSQL data directory.
     #[arg(long, short = 'D', env = "PITR_PGDATA", value_name = "DIR", global = true)]
     pub pgdata: Option<PathBuf>,
@@ -84,6 +88,8 @@ pub struct FileConfig {
     pub s3_region: Option<String>,
     /// See [`RepoArgs::s3_path_style`].
     pub s3_path_style: Option<bool>,
+    /// See [`RepoArgs::s3_timeout`].
+    pub s3_timeout: Option<u32>,
     /// See [`RepoArgs::pgdata`].
     pub pgdata: Option<PathBuf>,
     /// See [`RepoArgs::retries`].
@@ -155,6 +161,8 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// Path-style addressing.
     pub path_style: bool,
+    /// Request and body-idle time limit.
+    pub timeout: std::time::Duration,
 }
 
 /// Validated configuration.
@@ -237,6 +245,7 @@ impl Config {
             ("PITR_COMPRESS_LEVEL".to_string(), self.compress.level.to_string()),
             ("PITR_COMPRESS_THREADS".to_string(), self.compress.workers.to_string()),
             ("PITR_S3_PATH_STYLE".to_string(), self.s3.path_style.to_string()),
+            ("PITR_S3_TIMEOUT".to_string(), self.s3.timeout.as_secs().to_string()),
             ("PITR_RETRIES".to_string(), self.retry.retries.to_string()),
             ("PITR_PREFETCH".to_string(), self.prefetch.to_string()),
             ("PITR_PUSH_AHEAD".to_string(), self.push_ahead.to_string()),
@@ -291,7 +300,16 @@ impl Config {
         }
         let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
         let path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some());
-        let s3 = S3Settings { endpoint, region: args.s3_region.clone().or(file.s3_region), path_style };
+        let timeout = args.s3_timeout.or(file.s3_timeout).unwrap_or(60);
+        if !(1..=3600).contains(&timeout) {
+            return Err(config_error(format!("invalid s3-timeout {timeout}: use 1 to 3600 seconds")));
+        }
+        let s3 = S3Settings {
+            endpoint,
+            region: args.s3_region.clone().or(file.s3_region),
+            path_style,
+            timeout: std::time::Duration::from_secs(u64::from(timeout)),
+        };
         let retries = args.retries.or(file.retries).unwrap_or(RetryPolicy::default().retries);
         let metrics_listen = match &file.metrics_listen {
             Some(a) => Some(a.parse().map_err(|_| {
@@ -370,7 +388,8 @@ impl Config {
                     region: self.s3.region.clone(),
                     path_style: self.s3.path_style,
                 };
-                Ok(Arc::new(S3Storage::connect(cfg).await?))
+                let options = S3Options { operation_timeout: self.s3.timeout, ..S3Options::default() };
+                Ok(Arc::new(S3Storage::connect_with(cfg, options).await?))
             }
         }
     }

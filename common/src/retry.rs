@@ -58,6 +58,36 @@ where
     }
 }
 
+/// One attempt's failure for [`retry_attempts`]: the failure, and whether another attempt may
+/// succeed (a download cut off in the middle: yes; a damaged object: no).
+pub type Attempt = (crate::exit::Failure, bool);
+
+/// Like [`retry`], for operations larger than one request (a download read to its end and
+/// checked): runs `op` again after a failure it marks retryable, within the same policy.
+pub async fn retry_attempts<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, crate::exit::Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Attempt>>,
+{
+    let mut delay = policy.base_delay;
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err((f, true)) if attempt < policy.retries => {
+                attempt += 1;
+                tracing::info!(error = %f, attempt, retries = policy.retries, "{what} failed, retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(policy.max_delay);
+            }
+            Err((f, true)) if attempt > 0 => {
+                return Err(crate::exit::Failure::msg(f.kind, format!("{f} (gave up after {} attempts)", attempt + 1)))
+            }
+            Err((f, _)) => return Err(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod fake_s3;
+pub mod fault_proxy;
 pub mod fs;
 pub mod pg;
 pub mod receiver;

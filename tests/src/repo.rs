@@ -54,6 +54,18 @@ impl TestRepo {
         TestRepo { url, env, storage, dir: None, _tmp: None }
     }
 
+    /// A fresh bucket on `server` that the programs reach through `endpoint` (a fault
+    /// proxy in front of it); the test's own `storage` goes to the server directly.
+    pub async fn s3_via(server: &'static S3Server, endpoint: &str) -> TestRepo {
+        let mut repo = TestRepo::s3(server).await;
+        for (k, v) in &mut repo.env {
+            if k == "PITR_S3_ENDPOINT" {
+                *v = endpoint.to_string();
+            }
+        }
+        repo
+    }
+
     /// `wal-archiver` configured for this repository (through the environment, as a server
     /// running archive_command would have it).
     pub fn wal_archiver(&self) -> Command {

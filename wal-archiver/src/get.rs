@@ -26,12 +26,12 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use common::codec::{self, CodecError, ObjectHeader};
+use common::codec::{self, ObjectHeader};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::lsn::Lsn;
 use common::repository::Repository;
-use common::retry::retry;
+use common::retry::{retry, retry_attempts, Attempt};
 use common::storage::{ObjectKey, ObjectReader};
 use common::wal::page_header::{first_page_matches, LONG_HEADER_SIZE};
 use common::wal::record;
@@ -174,6 +174,10 @@ pub async fn fetch(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<
 /// zstd checksum, raw size and digest (in [`codec::decompress`]), that its header names
 /// `object_name`, and for a segment that its first page is the first page of `wal` (an object
 /// copied under another segment's key must never reach PostgreSQL).
+///
+/// A download cut off in the middle (a reset connection, a stalled body) is tried again as a
+/// whole, like a request that failed, within the configured retries: a transient network
+/// fault must not abort recovery, and its partial bytes are never served.
 async fn fetch_key(
     repo: &Repository,
     key: &ObjectKey,
@@ -181,8 +185,22 @@ async fn fetch_key(
     object_name: &str,
     dest: &Path,
 ) -> Result<ObjectHeader, Failure> {
+    retry_attempts(repo.retry_policy(), "fetch WAL file", || fetch_once(repo, key, wal, object_name, dest)).await
+}
+
+/// One attempt of [`fetch_key`]; the flag says whether the failure is worth another one.
+async fn fetch_once(
+    repo: &Repository,
+    key: &ObjectKey,
+    wal: &WalFileName,
+    object_name: &str,
+    dest: &Path,
+) -> Result<ObjectHeader, Attempt> {
+    let final_ = |f: Failure| (f, false);
     let name = wal.to_string();
-    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(key)).await?;
+    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(key))
+        .await
+        .map_err(|e| (e.into(), false))?;
 
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -191,44 +209,52 @@ async fn fetch_key(
     let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
     let tmp = Partial(Some(dir.join(format!(".{base}.pitr-get.{}", std::process::id()))));
     let tmp_path = tmp.0.clone().unwrap_or_default();
-    let out = File::create(&tmp_path)
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp_path.display())))?;
+    let out = File::create(&tmp_path).map_err(|e| {
+        final_(Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp_path.display())))
+    })?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
 
+    let mut interrupted = false;
     let result = match reader {
         ObjectReader::File(f) => codec::decompress(f, &mut out),
         ObjectReader::Bytes(b) => codec::decompress(&b[..], &mut out),
         ObjectReader::Stream(s) => {
             let handle = tokio::task::spawn_blocking(move || {
-                let r = codec::decompress(tokio_util::io::SyncIoBridge::new(s), &mut out);
-                (r, out)
+                let mut src = codec::SourceErrors::new(tokio_util::io::SyncIoBridge::new(s));
+                let r = codec::decompress(&mut src, &mut out);
+                (r, out, src.failed())
             });
-            let (r, o) = handle.await.map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+            let (r, o, failed) = handle.await.map_err(|e| final_(Failure::new(FailureKind::LocalIo, e)))?;
             out = o;
-            // A read error here is the network, not our disk.
-            r.map_err(|e| match e {
-                CodecError::Io(io) => CodecError::Corrupt(format!("download interrupted: {io}")),
-                e => e,
-            })
+            interrupted = failed;
+            r
         }
     };
     let header = result.map_err(|e| {
+        if interrupted {
+            // The network, not the object and not our disk.
+            let f = Failure::msg(FailureKind::Storage, format!("{name} ({key}): download interrupted: {e}"));
+            return (f, true);
+        }
         let f: Failure = e.into();
-        Failure::msg(f.kind, format!("{name} ({key}): {f}"))
+        final_(Failure::msg(f.kind, format!("{name} ({key}): {f}")))
     })?;
-    common::repository::check_names(key, &header, object_name)?;
-    out.flush().map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display())))?;
+    common::repository::check_names(key, &header, object_name).map_err(|e| final_(e.into()))?;
+    out.flush()
+        .map_err(|e| final_(Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display()))))?;
     drop(out);
     if matches!(wal.kind, WalFileKind::Segment | WalFileKind::Partial) {
         let mut first = [0u8; LONG_HEADER_SIZE];
-        File::open(&tmp_path)
-            .and_then(|mut f| f.read_exact(&mut first))
-            .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())))?;
-        first_page_matches(wal, &first, header.raw_size)
-            .map_err(|e| Failure::msg(FailureKind::Corrupt, format!("{name} ({key}) is not this segment: {e}")))?;
+        File::open(&tmp_path).and_then(|mut f| f.read_exact(&mut first)).map_err(|e| {
+            final_(Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())))
+        })?;
+        first_page_matches(wal, &first, header.raw_size).map_err(|e| {
+            final_(Failure::msg(FailureKind::Corrupt, format!("{name} ({key}) is not this segment: {e}")))
+        })?;
     }
-    std::fs::rename(&tmp_path, dest)
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())))?;
+    std::fs::rename(&tmp_path, dest).map_err(|e| {
+        final_(Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())))
+    })?;
     let mut tmp = tmp;
     tmp.0 = None;
     Ok(header)

@@ -278,12 +278,13 @@ mod tests {
         let seg = common::wal::synthetic::pgbench_like_segment(0x21, 200);
         let wal = WalFileName::segment(common::wal::TimelineId(1), 0x21, WalSegmentSize::DEFAULT);
         let (_, digest) = codec::digest(&mut &seg[..]).unwrap();
-        let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
-            ("byte flipped", Box::new(|b: &mut Vec<u8>| b[5_000_000] ^= 0x40)),
-            ("truncated", Box::new(|b: &mut Vec<u8>| b.truncate(8 << 20))),
-            ("zero-filled tail", Box::new(|b: &mut Vec<u8>| b[4096..].fill(0))),
-            ("all zeros", Box::new(|b: &mut Vec<u8>| b.fill(0))),
-            ("empty", Box::new(|b: &mut Vec<u8>| b.clear())),
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 5] = [
+            ("byte flipped", |b| b[5_000_000] ^= 0x40),
+            ("truncated", |b| b.truncate(8 << 20)),
+            ("zero-filled tail", |b| b[4096..].fill(0)),
+            ("all zeros", |b| b.fill(0)),
+            ("empty", |b| b.clear()),
         ];
         for (what, damage) in damages {
             let dir = tempfile::tempdir().unwrap();

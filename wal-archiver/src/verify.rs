@@ -25,7 +25,7 @@ use common::codec::{self, CodecError};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::repository::{wal_file_of_key, ClusterInfo, Repository, RepositoryError};
-use common::retry::retry;
+use common::retry::{retry, retry_attempts};
 use common::storage::{ObjectKey, ObjectReader};
 use common::wal::history::{self, HistoryEntry};
 use common::wal::page_header::LONG_HEADER_SIZE;
@@ -464,34 +464,48 @@ async fn check_object(
             Err(m) => Checked::Damaged(m),
         });
     }
-    let reader = match retry(repo.retry_policy(), "read WAL object", || repo.storage().get(&item.key)).await {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => return Ok(Checked::Vanished),
-        Err(e) => return Err(e.into()),
-    };
     let keep = if matches!(name.kind, WalFileKind::Segment | WalFileKind::Partial) {
         LONG_HEADER_SIZE
     } else {
         MAX_SMALL_FILE + 1
     };
-    let (result, head) = tokio::task::spawn_blocking(move || {
-        let mut head = Head { keep, bytes: Vec::new() };
-        let r = match reader {
-            ObjectReader::File(f) => codec::decompress(f, &mut head),
-            ObjectReader::Bytes(b) => codec::decompress(&b[..], &mut head),
-            ObjectReader::Stream(s) => codec::decompress(tokio_util::io::SyncIoBridge::new(s), &mut head),
+    // A read cut off in the middle is the network's fault, not the object's: read again,
+    // within the retries, before anything is called damaged.
+    let read = retry_attempts(repo.retry_policy(), "read WAL object", || async {
+        let reader = match retry(repo.retry_policy(), "read WAL object", || repo.storage().get(&item.key)).await {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err((e.into(), false)),
         };
-        (r, head)
-    })
-    .await
-    .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("check task failed: {e}")))?;
-    let header = match result {
-        Ok(h) => h,
-        // The reader failed (our sink never does): the repository, not the object.
-        Err(CodecError::Io(e)) => {
-            return Err(Failure::msg(FailureKind::Storage, format!("reading {}: {e}", item.key)));
+        let (result, head, interrupted) = tokio::task::spawn_blocking(move || {
+            let mut head = Head { keep, bytes: Vec::new() };
+            let (r, interrupted) = match reader {
+                ObjectReader::File(f) => (codec::decompress(f, &mut head), false),
+                ObjectReader::Bytes(b) => (codec::decompress(&b[..], &mut head), false),
+                ObjectReader::Stream(s) => {
+                    let mut src = codec::SourceErrors::new(tokio_util::io::SyncIoBridge::new(s));
+                    let r = codec::decompress(&mut src, &mut head);
+                    (r, src.failed())
+                }
+            };
+            (r, head, interrupted)
+        })
+        .await
+        .map_err(|e| (Failure::msg(FailureKind::LocalIo, format!("check task failed: {e}")), false))?;
+        match result {
+            Ok(h) => Ok(Some(Ok((h, head)))),
+            // The reader failed (our sink never does): the repository, not the object.
+            Err(e) if interrupted || matches!(e, CodecError::Io(_)) => {
+                Err((Failure::msg(FailureKind::Storage, format!("reading {}: {e}", item.key)), true))
+            }
+            Err(e) => Ok(Some(Err(e.to_string()))),
         }
-        Err(e) => return Ok(Checked::Damaged(e.to_string())),
+    })
+    .await?;
+    let (header, head) = match read {
+        None => return Ok(Checked::Vanished),
+        Some(Err(m)) => return Ok(Checked::Damaged(m)),
+        Some(Ok(r)) => r,
     };
     let checked = check_header(cluster, &name, &header.name, header.raw_size)
         .and_then(|()| check_content(cluster, &name, &head.bytes));

@@ -285,6 +285,45 @@ impl S3Storage {
     }
 }
 
+/// A response body that fails with `TimedOut` when no byte arrives for `limit`: a stalled
+/// connection must end in an error (and a retry), never in a download that waits forever
+/// while PostgreSQL's recovery waits for it.
+struct IdleTimeout<R> {
+    inner: R,
+    limit: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R> IdleTimeout<R> {
+    fn new(inner: R, limit: Duration) -> Self {
+        IdleTimeout { inner, limit, sleep: Box::pin(tokio::time::sleep(limit)) }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + this.limit;
+                this.sleep.as_mut().reset(next);
+                std::task::Poll::Ready(r)
+            }
+            std::task::Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data for {} s while reading the object", this.limit.as_secs()),
+                ))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+        }
+    }
+}
+
 /// What went wrong with one S3 request, classified.
 #[derive(Debug)]
 struct Failure {
@@ -673,7 +712,10 @@ impl Storage for S3Storage {
         let full = self.full_key(key.as_str());
         let req = self.client.get_object().bucket(&self.config.bucket).key(&full).send();
         match call(self.options.operation_timeout, req).await {
-            Ok(out) => Ok(ObjectReader::Stream(Box::new(out.body.into_async_read()))),
+            Ok(out) => Ok(ObjectReader::Stream(Box::new(IdleTimeout::new(
+                out.body.into_async_read(),
+                self.options.operation_timeout,
+            )))),
             Err(f) if Self::is_no_such_key(&f) => Err(self.not_found("get", key, &full).await),
             Err(f) => Err(self.remote("get", &full, f)),
         }
@@ -701,12 +743,23 @@ impl Storage for S3Storage {
             Err(f) => return Err(self.remote("read range", &full, f)),
         };
         let ranged = out.content_range.is_some();
-        let data = out.body.collect().await.map_err(|e| StorageError::Remote {
-            op: "read range",
-            key: self.url(&full),
-            message: error_chain(&e),
-            retryable: true,
-        })?;
+        let limit = self.options.operation_timeout;
+        let data = match tokio::time::timeout(limit, out.body.collect()).await {
+            Ok(r) => r.map_err(|e| StorageError::Remote {
+                op: "read range",
+                key: self.url(&full),
+                message: error_chain(&e),
+                retryable: true,
+            })?,
+            Err(_) => {
+                return Err(StorageError::Remote {
+                    op: "read range",
+                    key: self.url(&full),
+                    message: format!("the body did not arrive within {} s", limit.as_secs()),
+                    retryable: true,
+                })
+            }
+        };
         let data = data.into_bytes();
         let want = (range.end - range.start) as usize;
         if ranged {
