@@ -27,6 +27,7 @@ use std::time::Duration;
 use common::catalog::{self, BackupEntry};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
+use common::lease;
 use common::repository::{wal_file_of_key, Repository};
 use common::retry::retry;
 use common::storage::{ObjectInfo, ObjectKey};
@@ -212,6 +213,13 @@ pub struct ExpirePlan {
     pub orphan_objects: Vec<ObjectInfo>,
     /// Ids of backups without a catalog entry that are kept (possibly in progress).
     pub incomplete: Vec<String>,
+    /// Backups kept because a restore in progress holds them (its lease), by id.
+    pub leased: Vec<String>,
+    /// A restore is being planned (a lease without a backup yet): it may choose any backup,
+    /// so nothing is expired this run. The lease's key.
+    pub planning_restore: Option<String>,
+    /// Leases that have ended, deleted with the run.
+    pub ended_leases: Vec<ObjectKey>,
     /// Recorded backups with missing objects (confirmed by exact key), with what is missing:
     /// they cannot restore, so the policy does not count them (a damaged newest backup must
     /// not be the reason to expire the intact ones before it); left alone, never deleted.
@@ -290,8 +298,29 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
         .map(|n| n.timeline)
         .collect();
     let path = latest_path(repo, &histories, &entries).await?;
-    let keep = kept(&entries, &path, policy, now)?;
+    let mut keep = kept(&entries, &path, policy, now)?;
     let mut plan = ExpirePlan { latest_path: path.describe(), ..Default::default() };
+    // Restores in progress keep what they use.
+    for (key, l) in lease::restore_leases(repo).await? {
+        if !l.active(now.unix_timestamp()) {
+            plan.ended_leases.push(key);
+            continue;
+        }
+        match &l.backup {
+            None => plan.planning_restore = Some(key.to_string()),
+            Some(id) => {
+                if let Some(i) = entries.iter().position(|e| &e.id == id) {
+                    if !keep[i] {
+                        plan.leased.push(id.clone());
+                    }
+                    keep[i] = true;
+                }
+            }
+        }
+    }
+    if plan.planning_restore.is_some() {
+        keep.iter_mut().for_each(|k| *k = true);
+    }
     let damaged_ids: BTreeSet<String> = damaged.iter().map(|(e, _)| e.id.clone()).collect();
     plan.damaged = damaged;
     for (e, k) in entries.iter().zip(keep) {
@@ -365,16 +394,38 @@ async fn delete_all(repo: &Repository, keys: Vec<ObjectKey>) -> Result<(), Failu
     }
 }
 
-/// Carries out `plan`: catalog entries first, then the backups' objects, then WAL.
-pub async fn execute(repo: &Repository, plan: &ExpirePlan) -> Result<(), Failure> {
+/// Carries out `plan`: catalog entries first, then the backups' objects, then WAL. Returns
+/// why the objects and WAL were left for the next run, if they were.
+///
+/// A restore writes its lease before it plans. One that chose an expired backup did so
+/// before that backup's catalog entry was deleted, so its lease exists when the leases are
+/// read again right after the entries are gone: if any restore lease appeared that is still
+/// planning or holds an expired backup, nothing more is deleted this run (the objects become
+/// orphans of entries that no longer exist, deleted by a later run).
+pub async fn execute(repo: &Repository, plan: &ExpirePlan) -> Result<Option<String>, Failure> {
     for e in &plan.expired {
         let key = ObjectKey::new(catalog::entry_key(repo.cluster(), &e.id))?;
         retry(repo.retry_policy(), "delete catalog entry", || repo.storage().delete(&key)).await?;
         tracing::info!(backup = %e.id, "expired: catalog entry deleted");
     }
+    if !plan.expired.is_empty() {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for (key, l) in lease::restore_leases(repo).await? {
+            let holds_expired = l.backup.as_ref().is_none_or(|id| plan.expired.iter().any(|e| &e.id == id));
+            if l.active(now) && holds_expired {
+                return Ok(Some(format!(
+                    "a restore started while expire ran ({key}): the expired backups' chunks and the WAL before \
+                     {} are left for the next run",
+                    plan.wal_keep_from.as_deref().unwrap_or("the kept backups")
+                )));
+            }
+        }
+    }
     let objects = plan.backup_objects.iter().chain(&plan.orphan_objects);
     delete_all(repo, objects.map(|o| o.key.clone()).collect()).await?;
-    delete_all(repo, plan.wal.iter().map(|o| o.key.clone()).collect()).await
+    delete_all(repo, plan.wal.iter().map(|o| o.key.clone()).collect()).await?;
+    delete_all(repo, plan.ended_leases.clone()).await?;
+    Ok(None)
 }
 
 /// The report `expire` prints.
@@ -405,6 +456,14 @@ pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime) -> String
             plan.orphan_objects.len(),
             human(bytes)
         ));
+    }
+    if let Some(key) = &plan.planning_restore {
+        out.push_str(&format!(
+            "a restore is being planned ({key}): it may choose any backup, so nothing is expired this run\n"
+        ));
+    }
+    for id in &plan.leased {
+        out.push_str(&format!("kept    {id}  because a restore in progress uses it (a lease in leases/)\n"));
     }
     for (e, problems) in &plan.damaged {
         out.push_str(&format!(
@@ -448,6 +507,8 @@ pub fn report_json(plan: &ExpirePlan, dry_run: bool) -> serde_json::Value {
         "wal_bytes": plan.wal.iter().map(|o| o.size).sum::<u64>(),
         "orphans": plan.orphans,
         "incomplete": plan.incomplete,
+        "leased": plan.leased,
+        "planning_restore": plan.planning_restore,
         "damaged": plan.damaged.iter().map(|(e, p)| serde_json::json!({"id": e.id, "problems": p})).collect::<Vec<_>>(),
         "deleted_objects": files,
         "deleted_bytes": bytes,
@@ -464,8 +525,12 @@ pub async fn expire(config: &Config, policy: Policy, dry_run: bool, json: bool) 
         print!("{}", report(&plan, &policy, now));
         std::io::Write::flush(&mut std::io::stdout()).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
     }
+    let mut left = None;
     if !dry_run {
-        execute(&repo, &plan).await?;
+        left = execute(&repo, &plan).await?;
+    }
+    if let Some(why) = &left {
+        eprintln!("basebackup expire: {why}");
     }
     if json {
         println!("{}", report_json(&plan, dry_run));
@@ -478,6 +543,7 @@ pub async fn expire(config: &Config, policy: Policy, dry_run: bool, json: bool) 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use common::retry::RetryPolicy;
@@ -675,7 +741,7 @@ mod tests {
         assert!(text.contains("timelines: 1 → 2 (from 0/B000000)"), "{text}");
         assert_eq!(keys(&*storage).await, before, "planning deletes nothing");
 
-        execute(&repo, &dry).await.unwrap();
+        assert_eq!(execute(&repo, &dry).await.unwrap(), None);
         let after = keys(&*storage).await;
         let mut expected: Vec<String> = before
             .iter()
@@ -739,5 +805,78 @@ mod tests {
         assert!(plan.backup_objects.iter().all(|o| !o.key.as_str().contains(&newest)), "the damaged one stays");
         let text = report(&plan, &p, NOW);
         assert!(text.contains(&format!("damaged {newest}")) && text.contains("object(s) missing"), "{text}");
+    }
+
+    /// Three backups with a chunk and a manifest each, and WAL segments 1..=11.
+    async fn three_backups(storage: &Arc<dyn Storage>) -> Vec<BackupEntry> {
+        let backups = five()[2..].to_vec();
+        for b in &backups {
+            let json = serde_json::to_vec(b).unwrap();
+            let key = ObjectKey::new(catalog::entry_key("main", &b.id)).unwrap();
+            storage.put(&key, Body::Bytes(Bytes::from(json)), PutMode::CreateNew).await.unwrap();
+            put(&**storage, &catalog::chunk_key("main", &b.id, "base.tar", 0), 100).await;
+            put(&**storage, &catalog::manifest_key("main", &b.id), 10).await;
+        }
+        for seg in 1..=11 {
+            let n = WalFileName::segment(TimelineId(1), seg, WalSegmentSize::DEFAULT);
+            put(&**storage, &format!("main/wal/{}/{n}.zst", n.timeline_log_prefix()), 7).await;
+        }
+        backups
+    }
+
+    /// A restore in progress keeps what it uses: the backup its lease names (and the WAL from
+    /// it on); a restore still planning keeps everything; a lease that has ended keeps nothing
+    /// and is deleted.
+    #[tokio::test]
+    async fn restore_leases_keep_what_a_restore_uses() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));
+        let backups = three_backups(&storage).await;
+        let p = policy(Some(1), None);
+        let now = OffsetDateTime::now_utc();
+
+        let mut planning = lease::RestoreLeaseHandle::begin(&repo, Duration::from_secs(600)).await.unwrap();
+        let plan1 = plan(&repo, &p, now).await.unwrap();
+        assert!(plan1.expired.is_empty() && plan1.planning_restore.is_some(), "{plan1:?}");
+        assert!(report(&plan1, &p, now).contains("a restore is being planned"));
+
+        planning.hold(&backups[0].id, &backups[0].wal_start_segment, Duration::from_secs(600)).await;
+        let plan2 = plan(&repo, &p, now).await.unwrap();
+        assert_eq!(plan2.leased, [backups[0].id.clone()]);
+        assert_eq!(plan2.expired.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [backups[1].id.as_str()]);
+        assert_eq!(plan2.wal_keep_from.as_deref(), Some(backups[0].wal_start_segment.as_str()));
+
+        // Ended: not honoured, and deleted with the run.
+        planning.hold(&backups[0].id, &backups[0].wal_start_segment, Duration::ZERO).await;
+        let plan3 = plan(&repo, &p, now + time::Duration::seconds(5)).await.unwrap();
+        assert_eq!(plan3.expired.len(), 2);
+        assert_eq!(plan3.ended_leases.len(), 1);
+        assert_eq!(execute(&repo, &plan3).await.unwrap(), None);
+        assert!(lease::restore_leases(&repo).await.unwrap().is_empty());
+    }
+
+    /// A restore that starts while expire runs (its lease written after expire planned) and
+    /// may have chosen a backup that expire is removing: expire stops after the catalog
+    /// entries and leaves the chunks and the WAL for a later run.
+    #[tokio::test]
+    async fn a_restore_that_starts_during_expire_keeps_its_chunks_and_wal() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));
+        let backups = three_backups(&storage).await;
+        let p = policy(Some(1), None);
+        let plan = plan(&repo, &p, OffsetDateTime::now_utc()).await.unwrap();
+        assert_eq!(plan.expired.len(), 2);
+        let before = keys(&*storage).await;
+        let lease = lease::RestoreLeaseHandle::begin(&repo, Duration::from_secs(600)).await.unwrap();
+        let left = execute(&repo, &plan).await.unwrap();
+        assert!(left.is_some_and(|w| w.contains("a restore started while expire ran")));
+        let after = keys(&*storage).await;
+        for e in &backups[..2] {
+            assert!(!after.contains(&catalog::entry_key("main", &e.id)), "entry deleted");
+            assert!(after.contains(&catalog::chunk_key("main", &e.id, "base.tar", 0)), "chunk kept");
+        }
+        let wal = |k: &&String| k.contains("/wal/");
+        assert_eq!(after.iter().filter(wal).count(), before.iter().filter(wal).count(), "no WAL deleted");
+        lease.release().await;
     }
 }

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::catalog::{self, BackupEntry};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
+use common::lease::RestoreLeaseHandle;
 use common::repository::Repository;
 
 use crate::drill::{self, DrillOptions};
@@ -249,11 +250,46 @@ fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>) -> Result<(), Fa
 }
 
 /// Restores according to `opts`; prints what it did.
+///
+/// A restore lease (see `common::lease`) is recorded before the plan is made, and holds the
+/// chosen backup and its WAL from then on, so that a `basebackup expire` running meanwhile
+/// leaves them alone. It is removed when the restore fails before recovery could start, and
+/// when `--start` has run recovery to its end; otherwise (the server is started later) it ends
+/// by itself after [`LEASE_AFTER_RESTORE`].
 pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failure> {
-    let t0 = Instant::now();
     let (repo, backups, size) = open(config).await?;
-    let plan = checked_plan(&repo, backups, &opts.target, size, opts.backup.as_deref()).await?;
+    let mut lease = RestoreLeaseHandle::begin(&repo, LEASE_WHILE_PLANNING).await;
+    let mut recovery_may_run = false;
+    let result = restore_with(config, opts, &repo, backups, size, &mut lease, &mut recovery_may_run).await;
+    if let Some(l) = lease {
+        if (result.is_err() && !recovery_may_run) || (result.is_ok() && opts.start.is_some()) {
+            l.release().await;
+        }
+    }
+    result
+}
+
+/// How long a restore lease holds while the restore is planned and the files are written.
+const LEASE_WHILE_PLANNING: Duration = Duration::from_secs(6 * 3600);
+/// How long it holds once the recovery settings are written (recovery may be started by
+/// hand, later).
+pub const LEASE_AFTER_RESTORE: Duration = Duration::from_secs(24 * 3600);
+
+async fn restore_with(
+    config: &Config,
+    opts: &RestoreOptions,
+    repo: &Repository,
+    backups: Vec<BackupEntry>,
+    size: common::wal::WalSegmentSize,
+    lease: &mut Option<RestoreLeaseHandle>,
+    recovery_may_run: &mut bool,
+) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    let plan = checked_plan(repo, backups, &opts.target, size, opts.backup.as_deref()).await?;
     let backup = plan.backup.clone();
+    if let Some(l) = lease.as_mut() {
+        l.hold(&backup.id, &plan.first_segment, LEASE_WHILE_PLANNING).await;
+    }
     eprint!("{}", plan.render());
 
     // Destinations, checked before anything is written.
@@ -295,7 +331,7 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
             ),
         ));
     }
-    let manifest = extract::manifest(&repo, &backup).await?;
+    let manifest = extract::manifest(repo, &backup).await?;
 
     for (d, before) in &dirs {
         if let Err(f) = prepare(d, *before) {
@@ -306,7 +342,7 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
     let fast = drill::fast_promotion(&opts.target, opts.start.is_some(), &opts.set);
     let written = async {
         let stats =
-            extract::extract(&repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io).await?;
+            extract::extract(repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io).await?;
         remap_tablespaces(&opts.pgdata, &opts.tablespace_map)?;
         let user_sets = |key: &str| opts.set.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
         let mut set = Vec::new();
@@ -340,6 +376,10 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
         for n in notes {
             header.push_str(&format!("\n# ({n})"));
         }
+        if let Some(l) = lease.as_mut() {
+            l.hold(&backup.id, &plan.first_segment, LEASE_AFTER_RESTORE).await;
+        }
+        *recovery_may_run = true;
         recovery_conf::write(&opts.pgdata, &header, &lines)?;
         for (d, _) in &dirs {
             extract::sync_filesystem(d)?;
@@ -351,6 +391,7 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failu
         Ok(s) => s,
         Err(f) => {
             undo(&dirs);
+            *recovery_may_run = false;
             return Err(Failure::msg(f.kind, format!("{f}; the partial restore was removed")));
         }
     };

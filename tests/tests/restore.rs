@@ -531,3 +531,65 @@ fn a_short_recovery_to_latest_fails() {
     let log = server_log(&data);
     assert!(!log.contains(&format!("restored log file \"{victim}\"")), "the victim was never restored: {log}");
 }
+
+/// `basebackup expire` while a restore from the backup it would expire is replaying WAL: the
+/// restore's lease keeps that backup and its WAL, and the restore reaches its target; once the
+/// restore is over, the next expire removes them.
+#[test]
+fn expire_during_a_restore_keeps_what_the_restore_uses() {
+    let repo = TestRepo::local();
+    let (c, _ts) = primary(&repo, "expire-during");
+    c.sql("CREATE TABLE marks (name text PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let old = basebackup(&repo, &c);
+    c.sql("INSERT INTO marks (name) VALUES ('A')");
+    for _ in 0..4 {
+        c.pgbench(&["-t", "100", "-c", "2"]);
+        c.switch_wal();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = c.sql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.sql("INSERT INTO marks (name) VALUES ('B')");
+    let new = basebackup(&repo, &c);
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(60));
+
+    // restore_command that takes its time, so that expire runs while recovery reads WAL.
+    let dir = scratch_dir("expire-during-restore");
+    let slow = dir.path().join("slow-wal-archiver");
+    std::fs::write(&slow, format!("#!/bin/bash\nsleep 0.7\nexec {} \"$@\"\n", bins::bin("wal-archiver").display()))
+        .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    give_to_server_user(dir.path());
+    let data = dir.path().join("data");
+    let port = free_port();
+    let ts_map = format!("{}={}", TS_OID.with(|o| o.borrow().clone()), dir.path().join("ts").display());
+    let mut cmd = as_postgres(bins::pitr_restore(), &repo);
+    cmd.env("PGUSER", "postgres")
+        .args(["--pgdata", data.to_str().unwrap(), "--start", "--start-timeout", "180", "--tablespace", &ts_map])
+        .args(["--target-time", &between, "--wal-archiver", slow.to_str().unwrap()])
+        .args(["--set", &format!("port={port}"), "--set", &format!("unix_socket_directories={}", dir.path().display())])
+        .args(["--set", "listen_addresses=", "--set", "archive_mode=off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until recovery is running (the server log exists and names a restored segment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server_log(&data).contains("restored log file") {
+        assert!(std::time::Instant::now() < deadline, "recovery did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = basebackup_cmd(&repo, &["expire", "--keep-backups", "1"]).ok().to_string();
+    assert!(out.contains(&format!("kept    {old}  because a restore in progress uses it")), "{out}");
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 0, "{r:#?}\n{}", server_log(&data));
+    let restored = Restored { data, socket: dir.path().to_path_buf(), port, _dir: dir };
+    assert_eq!(restored.markers(), "A");
+    drop(restored);
+
+    // The restore is over: its lease is gone, and the old backup goes now.
+    let out = basebackup_cmd(&repo, &["expire", "--keep-backups", "1", "--json"]).ok().to_string();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["expired"][0]["id"], old.as_str(), "{report}");
+    assert_eq!(report["kept"], serde_json::json!([new]), "{report}");
+}
