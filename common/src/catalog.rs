@@ -158,7 +158,18 @@ pub fn backup_id(t: time::OffsetDateTime) -> String {
 pub async fn read_entry(repo: &Repository, id: &str) -> Result<Option<BackupEntry>, RepositoryError> {
     let key = ObjectKey::new(entry_key(repo.cluster(), id))?;
     match retry(repo.retry_policy(), "read backup entry", || read_all(repo.storage().as_ref(), &key)).await {
-        Ok(bytes) => parse_entry(&key, &bytes).map(Some),
+        Ok(bytes) => {
+            let e = parse_entry(&key, &bytes)?;
+            // Another backup's entry copied over this key would make a restore of "this"
+            // backup read that one's chunks under this id's name checks, and fail late.
+            if e.id != id {
+                return Err(RepositoryError::Corrupt(format!(
+                    "{key} is the catalog entry of backup {}, not {id}",
+                    e.id
+                )));
+            }
+            Ok(Some(e))
+        }
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }

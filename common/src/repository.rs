@@ -133,9 +133,11 @@ impl Repository {
     /// The parsed history file of timeline `tli`, `None` when it is not archived.
     pub async fn history(&self, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, RepositoryError> {
         let name = WalFileName::history(tli);
-        let Some((_, raw)) = self.read_object(&self.wal_key(&name)).await? else {
+        let key = self.wal_key(&name);
+        let Some((header, raw)) = self.read_object(&key).await? else {
             return Ok(None);
         };
+        check_names(&key, &header, &name.to_string())?;
         history::parse(tli, &raw).map(Some).map_err(|e| RepositoryError::Corrupt(format!("archived {name}: {e}")))
     }
 
