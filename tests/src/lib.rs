@@ -2,6 +2,7 @@
 //! servers ([`s3`]) and the project's binaries run as processes ([`bins`]).
 
 pub mod bins;
+pub mod campaign;
 pub mod fake_s3;
 pub mod fault_proxy;
 pub mod fs;

@@ -43,6 +43,18 @@ impl TestRepo {
         }
     }
 
+    /// A local repository in `dir` (which the caller keeps, e.g. on a small file system).
+    pub fn at(dir: &std::path::Path) -> TestRepo {
+        let storage = Arc::new(LocalStorage::open(dir).unwrap());
+        TestRepo {
+            url: dir.display().to_string(),
+            env: vec![("PITR_REPO".into(), dir.display().to_string())],
+            storage,
+            dir: Some(dir.to_path_buf()),
+            _tmp: None,
+        }
+    }
+
     /// A fresh bucket on `server`, with the repository under a prefix.
     pub async fn s3(server: &'static S3Server) -> TestRepo {
         let bucket = server.new_bucket().await;
