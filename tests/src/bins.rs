@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 /// --workspace` / `cargo test --workspace`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // Test executables are in target/<profile>/deps, the fault-campaign binary beside the
+    // programs in target/<profile>.
+    let here = exe.parent().expect("target dir");
+    let dir = if here.ends_with("deps") { here.parent().expect("target dir") } else { here };
     let p = dir.join(name);
     assert!(p.exists(), "{} is not built: run `cargo build --workspace` (or scripts/test.sh) first", p.display());
     p
