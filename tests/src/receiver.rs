@@ -67,6 +67,26 @@ impl ReceiverProc {
         }
     }
 
+    /// Waits up to `timeout` for it to exit: its exit code, or `None` if it still runs (or
+    /// was killed by a signal).
+    pub fn wait_some(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    }
+
     /// Waits until a line of its log contains `needle`, and returns that line.
     pub fn wait_log_line(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

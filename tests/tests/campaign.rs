@@ -53,6 +53,11 @@ fn restore_killed() {
 }
 
 #[test]
+fn restore_target_disk_full() {
+    check(guarded("restore-disk-full", |f| campaign::backup::restore_disk_full(f, 2, 22)));
+}
+
+#[test]
 fn expire_during_create() {
     check(guarded("expire-during-create", |f| campaign::backup::expire_during_create(f, 2, 19)));
 }
@@ -65,4 +70,14 @@ fn s3_faults_backup_expire_restore() {
 #[test]
 fn receiver_killed() {
     check(guarded("receiver-kill", |f| campaign::receiver::receiver_kill(f, ROUNDS, 21)));
+}
+
+#[test]
+fn receiver_spool_full() {
+    check(guarded("receiver-spool-full", |f| campaign::receiver::spool_full(f, ROUNDS, 23)));
+}
+
+#[test]
+fn receiver_s3_faults() {
+    check(guarded("receiver-s3-faults", |f| campaign::receiver::s3_faults(f, 6, 24)));
 }

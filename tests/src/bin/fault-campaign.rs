@@ -25,9 +25,13 @@ const SCENARIOS: &[Scenario] = &[
     ("backup-kill", campaign::backup::backup_kill),
     ("expire-kill", campaign::backup::expire_kill),
     ("restore-kill", campaign::backup::restore_kill),
+    ("restore-disk-full", campaign::backup::restore_disk_full),
     ("expire-during-create", campaign::backup::expire_during_create),
+    ("parallel-creates", campaign::backup::parallel_creates),
     ("s3-faults-backup-expire-restore", campaign::backup::s3_faults),
     ("receiver-kill-sync-repository", campaign::receiver::receiver_kill),
+    ("receiver-spool-full", campaign::receiver::spool_full),
+    ("receiver-s3-faults", campaign::receiver::s3_faults),
 ];
 
 fn main() {

@@ -361,3 +361,64 @@ pub fn s3_faults(f: &mut Figures, rounds: u32, seed: u64) {
     check_listed_backups(f, &p);
     check_restore(f, &p, "campaign-s3-final", &[]);
 }
+
+/// A restore into a disk that is too small: it fails with 8 (local I/O), removes what it
+/// wrote, and starts no server; into a disk with room, the same restore succeeds.
+pub fn restore_disk_full(f: &mut Figures, rounds: u32, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut p = Primary::start("campaign-restore-full", TestRepo::local(), 2);
+    let r = bins::run(p.create_cmd());
+    assert_eq!(r.code, 0, "create: {r:#?}");
+    p.mark();
+    p.archive_all();
+    for round in 0..rounds {
+        f.rounds += 1;
+        // Between 1 and 20 MiB: the data directory is larger.
+        let size = (1 << 20) + rng.below(19 << 20);
+        let fs = crate::fs::SmallFs::mount(&format!("restore-{round}"), size);
+        let data = fs.join("data");
+        let Some(r) = restore_into(&p, &data, &[], None) else { unreachable!("not killed") };
+        f.faults += 1;
+        f.expect_exit("restore into a full disk", &r, &[8]);
+        if data.exists() {
+            f.wrong_exit(format!("round {round}: the partial restore was left in {}", data.display()));
+        }
+        if r.stdout.contains("server promoted") {
+            f.wrong_point(format!("round {round}: a server was started on a partial restore"));
+        }
+    }
+    check_restore(f, &p, "campaign-restore-full-room", &[]);
+}
+
+/// Three `basebackup create` started at the same moment, many times: each exits 0 with an
+/// id of its own, and every listed backup verifies.
+pub fn parallel_creates(f: &mut Figures, rounds: u32, _seed: u64) {
+    let mut p = Primary::start("campaign-parallel-creates", TestRepo::local(), 2);
+    let mut ids = Vec::new();
+    for _ in 0..rounds {
+        f.rounds += 1;
+        p.mark();
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                let mut c = p.create_cmd();
+                c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                c.spawn().unwrap()
+            })
+            .collect();
+        f.faults += 2;
+        for child in children {
+            let r: Run = child.wait_with_output().unwrap().into();
+            if f.expect_exit("one of three parallel creates", &r, &[0]) {
+                ids.push(r.stdout.trim().to_string());
+            }
+        }
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != ids.len() {
+        f.lost(format!("{} backups reported under an id another one has", ids.len() - unique.len()));
+    }
+    check_listed_backups(f, &p);
+    check_restore(f, &p, "campaign-parallel-creates-restore", &[]);
+}
