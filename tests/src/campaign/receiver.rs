@@ -44,7 +44,7 @@ pub fn spool_full(f: &mut Figures, rounds: u32, seed: u64) {
     scenario(f, rounds, seed, TestRepo::local(), Some(&spool), Trouble::SpoolFull(fs));
 }
 
-/// The receiver's object store failing a fifth of all requests.
+/// The receiver's object store failing a third of all requests.
 pub fn s3_faults(f: &mut Figures, rounds: u32, seed: u64) {
     let server = crate::s3::moto();
     let proxy = FaultProxy::start(&server.endpoint);
@@ -100,7 +100,7 @@ fn scenario(f: &mut Figures, rounds: u32, seed: u64, repo: TestRepo, spool: Opti
             Fault::ResetAfter,
             Fault::ResetMidBody,
         ];
-        proxy.set_rule(random_rule(seed, 0.2, faults, |_| true));
+        proxy.set_rule(random_rule(seed, 0.35, faults, |_| true));
     }
     for _ in 0..rounds {
         f.rounds += 1;
@@ -115,13 +115,16 @@ fn scenario(f: &mut Figures, rounds: u32, seed: u64, repo: TestRepo, spool: Opti
             }
             Trouble::SpoolFull(fs) => {
                 let filler = fs.join("filler");
-                let leave = rng.below(3 << 20);
+                let leave = rng.below(256 << 10);
                 let _ = fs::write(&filler, vec![0u8; fs.free().saturating_sub(leave) as usize]);
-                f.faults += 1;
+                // The growing segment's file is allocated whole when it starts: the next one
+                // is what finds the disk full.
+                p.cluster.sql("SELECT pg_switch_wal()");
                 // Commits go on until the spool cannot take the next write; the receiver then
                 // exits (8) rather than acknowledge what it could not make durable.
-                let exited = rx.wait_some(Duration::from_secs(3));
+                let exited = rx.wait_some(Duration::from_secs(5));
                 if let Some(code) = exited {
+                    f.faults += 1;
                     if code != 8 {
                         f.wrong_exit(format!("receiver with a full spool: exit {code}: {}", rx.log_tail()));
                     }
@@ -131,7 +134,8 @@ fn scenario(f: &mut Figures, rounds: u32, seed: u64, repo: TestRepo, spool: Opti
                     rx = start(&p.repo, &p.cluster);
                 }
             }
-            Trouble::Store(_) => {}
+            // The store fails requests all along; a round is a second of commits.
+            Trouble::Store(_) => std::thread::sleep(Duration::from_millis(1000)),
         }
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -150,6 +154,9 @@ fn scenario(f: &mut Figures, rounds: u32, seed: u64, repo: TestRepo, spool: Opti
     let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     let _ = client.wait();
     std::thread::sleep(Duration::from_millis(300));
+    if let Ok(dump) = std::env::var("PITR_CAMPAIGN_DUMP") {
+        let _ = fs::write(dump, rx.log());
+    }
     rx.signal(9);
     rx.wait(Duration::from_secs(10));
     drop(rx);

@@ -55,13 +55,16 @@ pub fn push_kill(f: &mut Figures, repo: &TestRepo, rounds: u32, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut acked = Vec::new();
     // Kill moments spread over a whole push (timed once).
-    let (name, data) = segment(SYSTEM_ID, 1, 99);
-    let p = dir.path().join(&name);
-    std::fs::write(&p, &data).unwrap();
-    let t0 = std::time::Instant::now();
-    assert_eq!(run(push_cmd(repo, &p)).code, 0, "a first push");
-    let span = t0.elapsed();
-    acked.push((name, data));
+    let mut span = Duration::MAX;
+    for segno in 97..=99 {
+        let (name, data) = segment(SYSTEM_ID, 1, segno);
+        let p = dir.path().join(&name);
+        std::fs::write(&p, &data).unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(run(push_cmd(repo, &p)).code, 0, "a first push");
+        span = span.min(t0.elapsed());
+        acked.push((name, data));
+    }
     for round in 0..rounds {
         f.rounds += 1;
         let (name, data) = segment(SYSTEM_ID, 1, 100 + u64::from(round));
