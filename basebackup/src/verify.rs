@@ -92,6 +92,8 @@ pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<()
                 e.wal_start_segment,
                 e.wal_stop_segment
             ),
+            // One backup checked: its problem is the error line itself.
+            Err(f) if entries.len() == 1 => return Err(f),
             Err(f) if f.kind == FailureKind::Corrupt => {
                 println!("{}: DAMAGED: {f}", e.id);
                 damaged.push(e.id.clone());
@@ -104,7 +106,6 @@ pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<()
     }
     match damaged.len() {
         0 => Ok(()),
-        1 if entries.len() == 1 => Err(corrupt(&damaged[0], "is damaged (see above)")),
         n => Err(Failure::msg(
             FailureKind::Corrupt,
             format!("{n} of {} backups are damaged: {}", entries.len(), damaged.join(", ")),

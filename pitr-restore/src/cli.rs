@@ -18,7 +18,9 @@ Targets (at most one; none = the end of the archived WAL):
   --target-xid 123456                      stop at the commit or abort of that transaction
   --target-name before-migration           stop at a restore point (pg_create_restore_point)
   --target immediate                       stop as soon as the backup is consistent
---target-exclusive stops just before the target instead of just after it.
+  --target latest                          the same as no target
+--target-exclusive stops just before the target instead of just after it. Zones: an offset
+(+00, -05:00) or UTC/GMT/Z. Target options may stand before or after `plan`.
 
 The plan is made and checked before anything is written: pitr-restore refuses (exit 10) when
 no backup ends before the target, when WAL between the backup and the target is missing, or
@@ -27,7 +29,8 @@ when the target lies beyond the archived WAL. `pitr-restore plan` prints the pla
 Exit status: 0 success; 1 no such backup (--backup); 2 usage error; 4 a destination directory
 is not empty (use --force) or a server is running on it; 5 repository unreachable; 6 the
 backup is damaged (the partial restore is removed); 7 bad configuration; 8 local error;
-9 (--start) the server failed or did not reach the target; 10 restore refused by the plan.
+9 (--start) the server failed, did not reach the target, or (latest) recovery ended short of
+the archived WAL; 10 restore refused by the plan.
 See docs/restore.md and docs/runbook.md.";
 
 /// Restore a PostgreSQL cluster from a pitr repository to a point in time.

@@ -17,8 +17,9 @@ Exit status: 0 success; 1 (get) the file is not in the repository; 2 usage error
 WAL file; 4 conflict: different content already archived or another cluster's WAL; 5
 repository unreachable or failing after retries; 6 damaged object in the repository; 7 bad
 configuration; 8 local file error. verify exits 6 when it finds any gap, missing history
-file or damaged object. get reports every failure except 1 as 200 + code (e.g. 205), so that
-PostgreSQL aborts recovery instead of ending it early. See docs/exit-codes.md.";
+file or damaged object. get reports every failure except 1 as 200 + code (e.g. 205; 202 for a
+usage error wherever get stands on the line, 250 for an internal error), so that PostgreSQL
+aborts recovery instead of ending it early. See docs/exit-codes.md.";
 
 /// Archive PostgreSQL WAL into a pitr repository and fetch it back.
 #[derive(Debug, Parser)]
