@@ -86,3 +86,28 @@ pub fn pitr_restore() -> Command {
 pub fn run(mut c: Command) -> Run {
     c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}")).into()
 }
+
+/// The arguments that make `pitr-restore` restore into `data` and start the server there with
+/// `--start` (at most `timeout_secs`): on a free port, its socket beside `data`, no TCP, not
+/// archiving (a drill adds no timeline to the repository).
+pub fn start_args(data: &std::path::Path, timeout_secs: u32) -> Vec<String> {
+    let port = crate::pg::free_port();
+    let socket = data.parent().expect("data has a parent").display().to_string();
+    [
+        "--pgdata",
+        data.to_str().expect("utf-8 path"),
+        "--start",
+        "--start-timeout",
+        &timeout_secs.to_string(),
+        "--set",
+        &format!("port={port}"),
+        "--set",
+        &format!("unix_socket_directories={socket}"),
+        "--set",
+        "listen_addresses=",
+        "--set",
+        "archive_mode=off",
+    ]
+    .map(String::from)
+    .to_vec()
+}

@@ -148,6 +148,19 @@ impl Drop for FaultProxy {
     }
 }
 
+/// The faults a flaky store or network produces that a client must ride out by retrying
+/// (error statuses, resets before and after the server acted, answers cut off).
+pub fn transient_faults() -> Vec<Fault> {
+    vec![
+        Fault::Status(500, "InternalError"),
+        Fault::Status(503, "SlowDown"),
+        Fault::ResetBefore,
+        Fault::ResetAfter,
+        Fault::ResetMidBody,
+        Fault::Truncate,
+    ]
+}
+
 /// A rule that injects one of `faults` into each request for which `applies` holds, with
 /// probability `rate`, from a deterministic sequence seeded with `seed`.
 pub fn random_rule(

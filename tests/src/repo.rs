@@ -96,6 +96,20 @@ impl TestRepo {
         out
     }
 
+    /// `program` run as the server's OS user (as a cron job or an operator of the postgres
+    /// user would run it, so that what it creates stays usable by archive_command) with this
+    /// repository's environment.
+    pub fn as_server_user(&self, mut program: Command) -> Command {
+        use std::os::unix::process::CommandExt;
+        program.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some((uid, gid)) = crate::pg::server_user() {
+            program.uid(uid).gid(gid);
+            program.env("HOME", "/tmp");
+        }
+        program.env("PGUSER", "postgres");
+        program
+    }
+
     /// The shell-quoted archive_command for PostgreSQL.
     pub fn archive_command(&self) -> String {
         format!("archive_command = '{} push %p'", bins::bin("wal-archiver").display())

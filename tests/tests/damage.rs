@@ -4,13 +4,12 @@
 //! it with the documented exit code; a restored server never opens (promotes) on damaged data,
 //! and no command reports success with it. Every case is undone before the next.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use pitr_tests::bins::{self, Run};
-use pitr_tests::pg::{free_port, give_to_server_user, scratch_dir, server_user, TestCluster};
+use pitr_tests::pg::{give_to_server_user, scratch_dir, TestCluster};
 use pitr_tests::repo::TestRepo;
 use pitr_tests::wal::{segment, SYSTEM_ID};
 
@@ -25,18 +24,8 @@ enum Damage {
     Swap,
 }
 
-fn as_postgres(mut c: Command, repo: &TestRepo) -> Command {
-    c.envs(repo.env.iter().map(|(k, v)| (k, v)));
-    if let Some((uid, gid)) = server_user() {
-        c.uid(uid).gid(gid);
-        c.env("HOME", "/tmp");
-    }
-    c.env("PGUSER", "postgres");
-    c
-}
-
-fn run(repo: &TestRepo, mut c: Command, args: &[&str]) -> Run {
-    c = as_postgres(c, repo);
+fn run(repo: &TestRepo, c: Command, args: &[&str]) -> Run {
+    let mut c = repo.as_server_user(c);
     c.args(args);
     bins::run(c)
 }
@@ -78,26 +67,8 @@ fn restore_fails(repo: &TestRepo, case: &str, codes: &[i32]) -> Run {
     let dir = scratch_dir("damage-restore");
     give_to_server_user(dir.path());
     let data = dir.path().join("data");
-    let port = free_port();
-    let r = run(
-        repo,
-        bins::pitr_restore(),
-        &[
-            "--pgdata",
-            data.to_str().unwrap(),
-            "--start",
-            "--start-timeout",
-            "60",
-            "--set",
-            &format!("port={port}"),
-            "--set",
-            &format!("unix_socket_directories={}", dir.path().display()),
-            "--set",
-            "listen_addresses=",
-            "--set",
-            "archive_mode=off",
-        ],
-    );
+    let args = bins::start_args(&data, 60);
+    let r = run(repo, bins::pitr_restore(), &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(codes.contains(&r.code), "{case}: restore exit {} not in {codes:?}: {r:#?}", r.code);
     assert!(!data.join("postmaster.pid").exists(), "{case}: a server is left running");
     assert!(!r.stdout.contains("server promoted"), "{case}: {r:#?}");
@@ -116,7 +87,7 @@ fn every_kind_of_damage_is_detected() {
     c.pgbench(&["-i", "-s", "2", "-q"]);
     let dbname = format!("host={} port={} user=postgres", c.socket_dir.display(), c.port);
     let backup = |repo: &TestRepo| {
-        let mut b = as_postgres(bins::basebackup(), repo);
+        let mut b = repo.as_server_user(bins::basebackup());
         b.env("PITR_DBNAME", &dbname).args(["create", "--wal-timeout", "60"]);
         bins::run(b).ok().trim().to_string()
     };
@@ -149,7 +120,7 @@ fn every_kind_of_damage_is_detected() {
     give_to_server_user(pg_wal.path());
     let dest = pg_wal.path().join("RECOVERYXLOG");
     let get = |name: &str| {
-        let mut g = as_postgres(bins::wal_archiver(), &repo);
+        let mut g = repo.as_server_user(bins::wal_archiver());
         g.args(["get", "--prefetch", "0", name]).arg(&dest);
         let r = bins::run(g);
         let _ = std::fs::remove_file(&dest);
@@ -246,7 +217,7 @@ fn every_kind_of_damage_is_detected() {
         give_to_server_user(wal.path());
         let file = wal.path().join(&name);
         std::fs::write(&file, data).unwrap();
-        let mut p = as_postgres(bins::wal_archiver(), &repo);
+        let mut p = repo.as_server_user(bins::wal_archiver());
         p.arg("push").arg(&file);
         let r = bins::run(p);
         if how == Damage::Truncate {
@@ -266,7 +237,7 @@ fn every_kind_of_damage_is_detected() {
     for (tli, text) in [(2u32, "1\t1/0\tno recovery target specified\n"), (3, "1\t1/0\tx\n2\t1/1000000\ty\n")] {
         let f = src.path().join(format!("{tli:08X}.history"));
         std::fs::write(&f, text).unwrap();
-        let mut p = as_postgres(bins::wal_archiver(), &repo);
+        let mut p = repo.as_server_user(bins::wal_archiver());
         p.arg("push").arg(&f);
         bins::run(p).ok();
     }

@@ -501,30 +501,10 @@ fn a_short_recovery_to_latest_fails() {
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     give_to_server_user(dir.path());
     let data = dir.path().join("data");
-    let port = free_port();
     let ts_map = format!("{}={}", TS_OID.with(|o| o.borrow().clone()), dir.path().join("ts").display());
-    let r = pitr_restore(
-        &repo,
-        &[
-            "--pgdata",
-            data.to_str().unwrap(),
-            "--start",
-            "--start-timeout",
-            "120",
-            "--tablespace",
-            &ts_map,
-            "--wal-archiver",
-            wrapper.to_str().unwrap(),
-            "--set",
-            &format!("port={port}"),
-            "--set",
-            &format!("unix_socket_directories={}", dir.path().display()),
-            "--set",
-            "listen_addresses=",
-            "--set",
-            "archive_mode=off",
-        ],
-    );
+    let mut args = bins::start_args(&data, 120);
+    args.extend(["--tablespace".into(), ts_map, "--wal-archiver".into(), wrapper.display().to_string()]);
+    let r = pitr_restore(&repo, &args.iter().map(String::as_str).collect::<Vec<_>>());
     refused(&r, 9, "short of the end of the archived WAL");
     assert!(r.stderr.contains("the server was stopped"), "{r:#?}");
     assert!(!data.join("postmaster.pid").exists(), "the server is not running");

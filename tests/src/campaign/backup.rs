@@ -4,15 +4,14 @@
 //! backup that `list` shows passes `verify`; a restore to the latest WAL has every row that was
 //! committed (and archived) before it; no command exits 0 with work undone.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use super::{run_or_kill, wait_or_kill, Figures, Rng};
 use crate::bins::{self, Run};
-use crate::fault_proxy::{random_rule, Fault, FaultProxy};
-use crate::pg::{as_server_user, free_port, give_to_server_user, pg_bin, scratch_dir, server_user, TestCluster};
+use crate::fault_proxy::{random_rule, transient_faults, FaultProxy};
+use crate::pg::{as_server_user, give_to_server_user, pg_bin, scratch_dir, TestCluster};
 use crate::repo::TestRepo;
 
 /// A primary archiving into a repository, with a table of numbered marks.
@@ -64,7 +63,7 @@ impl Primary {
 
     /// A program run as the server's OS user with the repository's environment.
     pub fn cmd(&self, program: Command) -> Command {
-        as_postgres(program, &self.repo)
+        self.repo.as_server_user(program)
     }
 
     /// `basebackup create` as a command.
@@ -77,16 +76,6 @@ impl Primary {
         c.args(["create", "--wal-timeout", "60"]);
         c
     }
-}
-
-fn as_postgres(mut c: Command, repo: &TestRepo) -> Command {
-    c.envs(repo.env.iter().map(|(k, v)| (k, v)));
-    if let Some((uid, gid)) = server_user() {
-        c.uid(uid).gid(gid);
-        c.env("HOME", "/tmp");
-    }
-    c.env("PGUSER", "postgres");
-    c
 }
 
 /// Every listed backup passes `verify`; a listed backup that does not is lost data (a backup
@@ -127,13 +116,8 @@ pub fn restore_latest(p: &Primary, label: &str, extra: &[&str]) -> Result<i64, R
 
 /// Runs `pitr-restore --start` into `data` (killed after `kill_after`, if given).
 fn restore_into(p: &Primary, data: &Path, extra: &[&str], kill_after: Option<Duration>) -> Option<Run> {
-    let port = free_port();
-    let socket = data.parent().unwrap().display().to_string();
     let mut c = p.cmd(bins::pitr_restore());
-    c.args(["--pgdata", data.to_str().unwrap(), "--start", "--start-timeout", "120"])
-        .args(["--set", &format!("port={port}"), "--set", &format!("unix_socket_directories={socket}")])
-        .args(["--set", "listen_addresses=", "--set", "archive_mode=off"])
-        .args(extra);
+    c.args(bins::start_args(data, 120)).args(extra);
     match kill_after {
         None => Some(bins::run(c)),
         Some(d) => run_or_kill(c, d),
@@ -318,14 +302,7 @@ pub fn s3_faults(f: &mut Figures, rounds: u32, seed: u64) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let repo = rt.block_on(TestRepo::s3_via(server, &proxy.endpoint));
     let mut p = Primary::start("campaign-s3-faults", repo, 2);
-    let faults = vec![
-        Fault::Status(500, "InternalError"),
-        Fault::Status(503, "SlowDown"),
-        Fault::ResetBefore,
-        Fault::ResetAfter,
-        Fault::ResetMidBody,
-        Fault::Truncate,
-    ];
+    let faults = transient_faults();
     let env = [("PITR_RETRIES", "5"), ("PITR_S3_TIMEOUT", "5")];
     for round in 0..rounds {
         f.rounds += 1;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{Figures, Rng};
 use crate::bins;
 use crate::campaign::backup::{restore_latest, Primary};
-use crate::fault_proxy::{random_rule, Fault, FaultProxy};
+use crate::fault_proxy::{random_rule, transient_faults, FaultProxy};
 use crate::fs::SmallFs;
 use crate::pg::{as_server_user, give_to_server_user, pg_bin, scratch_dir, TestCluster};
 use crate::receiver::{wait_streaming, ReceiverProc};
@@ -93,14 +93,7 @@ fn scenario(f: &mut Figures, rounds: u32, seed: u64, repo: TestRepo, spool: Opti
         .spawn()
         .unwrap();
     if let Trouble::Store(proxy) = &fault {
-        let faults = vec![
-            Fault::Status(500, "InternalError"),
-            Fault::Status(503, "SlowDown"),
-            Fault::ResetBefore,
-            Fault::ResetAfter,
-            Fault::ResetMidBody,
-        ];
-        proxy.set_rule(random_rule(seed, 0.35, faults, |_| true));
+        proxy.set_rule(random_rule(seed, 0.35, transient_faults(), |_| true));
     }
     for _ in 0..rounds {
         f.rounds += 1;

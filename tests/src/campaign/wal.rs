@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{kill_matching, run_or_kill, Figures, Rng};
 use crate::bins::{run, Run};
-use crate::fault_proxy::{random_rule, Fault, FaultProxy};
+use crate::fault_proxy::{random_rule, transient_faults, Fault, FaultProxy};
 use crate::repo::TestRepo;
 use crate::wal::{segment, SYSTEM_ID};
 
@@ -264,15 +264,8 @@ pub fn s3_faults(f: &mut Figures, rounds: u32, seed: u64) {
     let proxy = FaultProxy::start(&server.endpoint);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let repo = rt.block_on(TestRepo::s3_via(server, &proxy.endpoint));
-    let faults = vec![
-        Fault::Status(500, "InternalError"),
-        Fault::Status(503, "SlowDown"),
-        Fault::ResetBefore,
-        Fault::ResetAfter,
-        Fault::ResetMidBody,
-        Fault::Truncate,
-        Fault::Delay(Duration::from_millis(1500)),
-    ];
+    let mut faults = transient_faults();
+    faults.push(Fault::Delay(Duration::from_millis(1500)));
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
     for round in 0..rounds {
