@@ -17,6 +17,12 @@ use super::error::{PgWireError, Result, ServerError};
 /// 1 GB; CopyData in replication is at most 128 kB + header).
 pub const MAX_MESSAGE_LEN: usize = 1 << 30;
 
+/// Most room reserved ahead for an incomplete message: enough for any CopyData of the
+/// replication stream in one go, while a larger message's buffer grows as its bytes arrive
+/// (five bytes of a garbled reply must not allocate a gigabyte, which aborts the process
+/// where memory is not overcommitted).
+const MAX_RESERVE_AHEAD: usize = 1 << 20;
+
 /// Overall format of a COPY, from CopyOut/CopyIn/CopyBothResponse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyFormat {
@@ -151,7 +157,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<BackendMessage>> {
     }
     let total = len + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(MAX_RESERVE_AHEAD));
         return Ok(None);
     }
     match header.tag() {
@@ -403,6 +409,19 @@ pub(crate) mod tests {
         assert_eq!(buf.len(), full.len() - 1);
         buf.extend_from_slice(&full[full.len() - 1..]);
         assert_eq!(decode(&mut buf).unwrap(), Some(BackendMessage::CommandComplete("SELECT 1".into())));
+    }
+
+    /// Found by fuzzing (fuzz/corpus/pgwire_message): the header of a message of
+    /// `MAX_MESSAGE_LEN` bytes reserved the whole gigabyte before any of its body arrived.
+    #[test]
+    fn a_large_announced_length_does_not_reserve_it_all() {
+        let mut buf = BytesMut::from(&[b'd', 0x40, 0, 0, 0, b'w'][..]);
+        assert_eq!(decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() <= 2 * MAX_RESERVE_AHEAD, "reserved {} bytes", buf.capacity());
+        // A message that fits is still reserved whole.
+        let mut buf = BytesMut::from(&[b'd', 0, 2, 0, 4][..]);
+        assert_eq!(decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() > 2 << 16);
     }
 
     #[test]

@@ -177,6 +177,10 @@ impl ReplicationMessage {
                 let wal_start = Lsn(payload.get_u64());
                 let wal_end = Lsn(payload.get_u64());
                 let send_time = payload.get_i64();
+                // The chunk must end inside the LSN space: its end is computed by every reader.
+                if wal_start.0.checked_add(payload.len() as u64).is_none() {
+                    return Err(protocol(format!("WAL chunk at {wal_start} runs past the last LSN")));
+                }
                 Ok(ReplicationMessage::XLogData(XLogData { wal_start, wal_end, send_time, data: payload }))
             }
             Some(b'k') if payload.len() >= 18 => {
@@ -340,6 +344,23 @@ mod tests {
         assert!(ReplicationMessage::parse(Bytes::from_static(b"k\x00")).is_err());
         assert!(ReplicationMessage::parse(Bytes::from_static(b"z")).is_err());
         assert!(ReplicationMessage::parse(Bytes::new()).is_err());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/replication_message): a chunk starting near the last LSN
+    /// made `XLogData::end` overflow.
+    #[test]
+    fn xlogdata_past_the_last_lsn_is_a_protocol_error() {
+        let mut w = vec![b'w'];
+        w.extend_from_slice(&(u64::MAX - 4).to_be_bytes());
+        w.extend_from_slice(&u64::MAX.to_be_bytes());
+        w.extend_from_slice(&0i64.to_be_bytes());
+        w.extend_from_slice(b"abcd");
+        let ReplicationMessage::XLogData(x) = ReplicationMessage::parse(Bytes::from(w.clone())).unwrap() else {
+            panic!()
+        };
+        assert_eq!(x.end(), Lsn(u64::MAX));
+        w.push(b'e');
+        assert!(matches!(ReplicationMessage::parse(Bytes::from(w)), Err(PgWireError::Protocol(_))));
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub fn summarize(seg: &[u8]) -> Result<SegmentSummary, RecordError> {
     if seg.len() as u64 != seg_size.bytes() {
         return Err(RecordError(format!("{} bytes, expected {}", seg.len(), seg_size.bytes())));
     }
+    // Every byte of the segment must have an LSN: a damaged header can claim a page address
+    // so close to the end of the LSN space that the walker's positions would overflow.
+    if long.page_address.0.checked_add(seg_size.bytes()).is_none() {
+        return Err(RecordError(format!("page address {} is past the last segment", long.page_address)));
+    }
     let mut w = Walker { seg, start: long.page_address, block: long.block_size as usize, major: long.major, seg_size };
     Ok(w.run())
 }
@@ -680,6 +685,25 @@ mod tests {
         assert_eq!(s.xid_min, Some(5000));
         assert_eq!(s.xid_max, Some(5000 + s.xact_ends - 1));
         assert_eq!(s.last_xact_time.unwrap().0 - s.first_xact_time.unwrap().0, 2_000 * i64::from(s.xact_ends - 1));
+    }
+
+    /// Found by fuzzing (fuzz/corpus/wal_record): a long header whose page address is in the
+    /// last segment's worth of the LSN space made the walker's `start + offset` overflow.
+    #[test]
+    fn a_page_address_at_the_end_of_the_lsn_space_is_refused() {
+        let size = WalSegmentSize::new(1 << 20).unwrap();
+        for addr in [u64::MAX - 0xFF, u64::MAX - (1 << 20) + 1, u64::MAX] {
+            let mut b = SegmentBuilder::new(PgMajor::from_magic(0xD110).unwrap(), TimelineId(1), 0, size);
+            b.xact_end(7, 0, false);
+            let mut seg = b.finish();
+            seg[8..16].copy_from_slice(&addr.to_le_bytes());
+            let e = summarize(&seg).unwrap_err();
+            assert!(e.0.contains("past the last segment"), "{e}");
+        }
+        // The last segment of the LSN space is still walked (to its end of WAL here).
+        let mut seg = SegmentBuilder::new(PgMajor::from_magic(0xD110).unwrap(), TimelineId(1), 0, size).finish();
+        seg[8..16].copy_from_slice(&(u64::MAX - (2 << 20) + 1).to_le_bytes());
+        assert!(summarize(&seg).is_ok());
     }
 
     #[test]

@@ -1,0 +1,4 @@
+#![no_main]
+
+// The body is common::fuzzing::manifest, shared with the corpus replay in tests/tests/fuzz_corpora.rs.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::fuzzing::manifest(data));
