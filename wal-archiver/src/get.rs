@@ -26,6 +26,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use archive::wal_file::check_first_page;
 use common::codec::{self, ObjectHeader};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
@@ -33,7 +34,7 @@ use common::lsn::Lsn;
 use common::repository::Repository;
 use common::retry::{retry, retry_attempts, Attempt};
 use common::storage::{ObjectKey, ObjectReader};
-use common::wal::page_header::{first_page_matches, LONG_HEADER_SIZE};
+use common::wal::page_header::LONG_HEADER_SIZE;
 use common::wal::record;
 use common::wal::{WalFileKind, WalFileName};
 
@@ -248,7 +249,7 @@ async fn fetch_once(
         File::open(&tmp_path).and_then(|mut f| f.read_exact(&mut first)).map_err(|e| {
             final_(Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())))
         })?;
-        first_page_matches(wal, &first, header.raw_size).map_err(|e| {
+        check_first_page(wal, &first, header.raw_size).map_err(|e| {
             final_(Failure::msg(FailureKind::Corrupt, format!("{name} ({key}) is not this segment: {e}")))
         })?;
     }

@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use archive::wal_file::check_first_page;
 use common::codec;
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
-use common::wal::page_header::{first_page_matches, LONG_HEADER_SIZE};
+use common::wal::page_header::LONG_HEADER_SIZE;
 use common::wal::{WalFileKind, WalFileName, WalSegmentSize};
 
 use crate::worker;
@@ -112,7 +113,7 @@ fn check_spooled(path: &Path, digest: &str, wal: &WalFileName) -> Result<(), Str
     if actual != digest {
         return Err(format!("its content ({size} bytes) does not match the digest it was downloaded with"));
     }
-    first_page_matches(wal, &first, size)
+    check_first_page(wal, &first, size).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Starts a worker to fetch the segments after `wal` (just restored to `restored`), unless

@@ -12,16 +12,18 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use archive::identity::{self, IdentityError};
+use archive::wal_file::{self, WalProblem};
 use common::codec::{self, ObjectHeader};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
-use common::repository::{ClusterInfo, Repository};
+use common::repository::Repository;
 use common::retry::retry;
 use common::storage::local::temp_path;
 use common::storage::{Body, PutMode, StorageError};
 use common::wal::page_header::LONG_HEADER_SIZE;
 use common::wal::record::{self, SegmentSummary};
-use common::wal::{history, LongPageHeader, WalFileKind, WalFileName};
+use common::wal::{LongPageHeader, WalFileKind, WalFileName};
 
 use crate::push_ahead;
 
@@ -33,9 +35,6 @@ pub enum PushOutcome {
     /// An identical copy was already archived.
     AlreadyArchived,
 }
-
-/// History and backup files are small text files; anything larger is not one.
-const MAX_SMALL_FILE: u64 = 1 << 20;
 
 /// Removes a temporary file when dropped.
 struct TempFile(PathBuf);
@@ -100,15 +99,9 @@ pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure>
             }
         }
         WalFileKind::History | WalFileKind::Backup => {
-            if size > MAX_SMALL_FILE {
-                return Err(invalid(file_name, format!("{size} bytes is too large for a {:?} file", name.kind)));
-            }
+            wal_file::check_small_size(&name, size).map_err(|e| invalid(file_name, e))?;
             file.read_to_end(&mut data).map_err(|e| read_error(path, e))?;
-            if name.kind == WalFileKind::History {
-                history::parse(name.timeline, &data).map_err(|e| invalid(file_name, e))?;
-            } else if !data.starts_with(b"START WAL LOCATION:") {
-                return Err(invalid(file_name, "not a backup history file (no START WAL LOCATION line)"));
-            }
+            wal_file::check_small(&name, &data).map_err(|e| invalid(file_name, e))?;
         }
     }
 
@@ -213,83 +206,28 @@ fn summarize(name: &WalFileName, data: &[u8]) -> Option<SegmentSummary> {
     }
 }
 
-/// Checks a segment's first page against its name and the repository's cluster record,
-/// recording the cluster on the first push.
+/// Checks a segment's first page against its name and the repository's cluster record
+/// (`archive::wal_file`), recording the cluster on the first push. Another cluster's segment
+/// is a conflict (4), any other problem an invalid file (3).
 async fn validate_segment(repo: &Repository, name: &WalFileName, first: &[u8], size: u64) -> Result<(), Failure> {
     let n = name.to_string();
     let header = LongPageHeader::parse(first).map_err(|e| invalid(&n, e))?;
-    let found = ClusterInfo {
-        system_id: header.system_id,
-        pg_major: header.major,
-        segment_size: header.segment_size,
-        block_size: header.block_size,
+    let refuse = |p: WalProblem| {
+        if p.is_other_cluster() {
+            Failure::msg(
+                FailureKind::Conflict,
+                format!("{n}: {p}: two clusters must not share one cluster name (set --cluster); nothing was archived"),
+            )
+        } else {
+            invalid(&n, p)
+        }
     };
-    let cluster = match repo.cluster_info().await? {
-        Some(c) => c,
-        None => repo.register_cluster(&found).await?,
+    let cluster = match identity::check_or_register(repo, &wal_file::identity_of(&header)).await {
+        Ok(c) => c,
+        Err(IdentityError::Mismatch(m)) => return Err(refuse(m.into())),
+        Err(IdentityError::Repository(e)) => return Err(e.into()),
     };
-    if cluster.system_id != header.system_id {
-        return Err(Failure::msg(
-            FailureKind::Conflict,
-            format!(
-                "{n}: belongs to database system {}, but cluster {:?} in this repository is system {}: \
-                 two clusters must not share one cluster name (set --cluster); nothing was archived",
-                header.system_id,
-                repo.cluster(),
-                cluster.system_id
-            ),
-        ));
-    }
-    if cluster.pg_major != header.major {
-        return Err(Failure::msg(
-            FailureKind::Conflict,
-            format!(
-                "{n}: is PostgreSQL {} WAL, but cluster {:?} in this repository is PostgreSQL {} \
-                 (after a major upgrade, archive under a new --cluster); nothing was archived",
-                header.major,
-                repo.cluster(),
-                cluster.pg_major
-            ),
-        ));
-    }
-    if header.segment_size != cluster.segment_size || header.block_size != cluster.block_size {
-        return Err(invalid(
-            &n,
-            format!(
-                "page header says {} segments of {}-byte blocks, the repository's cluster has {} and {}",
-                header.segment_size, header.block_size, cluster.segment_size, cluster.block_size
-            ),
-        ));
-    }
-    if size != cluster.segment_size.bytes() {
-        return Err(invalid(
-            &n,
-            format!(
-                "file is {size} bytes but WAL segments of this cluster are {} bytes (truncated or damaged file)",
-                cluster.segment_size.bytes()
-            ),
-        ));
-    }
-    let start = name.start_lsn(cluster.segment_size).map_err(|e| invalid(&n, e))?.unwrap_or_default();
-    if header.page_address != start {
-        return Err(invalid(
-            &n,
-            format!(
-                "first page is for WAL position {} but the file name says {start} (misnamed or recycled file)",
-                header.page_address
-            ),
-        ));
-    }
-    if header.timeline > name.timeline {
-        return Err(invalid(
-            &n,
-            format!(
-                "first page is from timeline {}, after the file name's timeline {}",
-                header.timeline, name.timeline
-            ),
-        ));
-    }
-    Ok(())
+    wal_file::check_segment(repo.cluster(), &cluster, name, first, size).map_err(refuse)
 }
 
 /// An object is already stored under this file's key: identical content is success.

@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 
+use archive::wal_file::{self, MAX_SMALL_FILE};
 use common::catalog;
 use common::codec::{self, CodecError};
 use common::config::Config;
@@ -27,9 +28,9 @@ use common::exit::{Failure, FailureKind};
 use common::repository::{wal_file_of_key, ClusterInfo, Repository, RepositoryError};
 use common::retry::{retry, retry_attempts};
 use common::storage::{ObjectKey, ObjectReader};
-use common::wal::history::{self, HistoryEntry};
+use common::wal::history::HistoryEntry;
 use common::wal::page_header::LONG_HEADER_SIZE;
-use common::wal::{LongPageHeader, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
+use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -39,7 +40,6 @@ use crate::verify_chain::{self, Archived};
 /// the segment size.
 const PARALLEL: usize = 4;
 /// History and `.backup` files are small text files (`push` refuses anything above this).
-const MAX_SMALL_FILE: usize = 1 << 20;
 
 /// What `verify` checks.
 #[derive(Debug, Clone, Copy, Default)]
@@ -467,7 +467,7 @@ async fn check_object(
     let keep = if matches!(name.kind, WalFileKind::Segment | WalFileKind::Partial) {
         LONG_HEADER_SIZE
     } else {
-        MAX_SMALL_FILE + 1
+        MAX_SMALL_FILE as usize + 1
     };
     // A read cut off in the middle is the network's fault, not the object's: read again,
     // within the retries, before anything is called damaged.
@@ -508,7 +508,7 @@ async fn check_object(
         Some(Ok(r)) => r,
     };
     let checked = check_header(cluster, &name, &header.name, header.raw_size)
-        .and_then(|()| check_content(cluster, &name, &head.bytes));
+        .and_then(|()| check_content(repo.cluster(), cluster, &name, &head.bytes));
     Ok(match checked {
         Ok(h) => Checked::Sound(h),
         Err(m) => Checked::Damaged(m),
@@ -533,56 +533,31 @@ impl Write for Head {
     }
 }
 
-/// What an object's header must say: the file it is stored as, and for a segment or
-/// `.partial` file, the cluster's segment size.
+/// What an object's header must say: the file it is stored as, and the raw size such a file
+/// has (`archive::wal_file`).
 fn check_header(cluster: &ClusterInfo, name: &WalFileName, header_name: &str, raw_size: u64) -> Result<(), String> {
     if header_name != name.to_string() {
         return Err(format!("the object holds {header_name:?}, not {name}"));
     }
-    let segment = cluster.segment_size.bytes();
-    if matches!(name.kind, WalFileKind::Segment | WalFileKind::Partial) && raw_size != segment {
-        return Err(format!("it holds {raw_size} bytes, but WAL segments of this cluster are {segment} bytes"));
-    }
-    if matches!(name.kind, WalFileKind::History | WalFileKind::Backup) && raw_size > MAX_SMALL_FILE as u64 {
-        return Err(format!("{raw_size} bytes is too large for a {:?} file", name.kind));
-    }
-    Ok(())
+    wal_file::check_stored_size(cluster, name, raw_size).map_err(|e| e.to_string())
 }
 
-/// What the content must be: for a segment, a first page that matches its name and the
-/// cluster record (as `push` checks it); a history file that parses (its entries are
-/// returned); a backup history file.
-fn check_content(cluster: &ClusterInfo, name: &WalFileName, head: &[u8]) -> Result<Option<Vec<HistoryEntry>>, String> {
+/// What the content must be (`archive::wal_file`, as `push` checks it): for a segment, a first
+/// page that matches its name and the cluster record; a history file that parses (its entries
+/// are returned); a backup history file.
+fn check_content(
+    cluster_name: &str,
+    cluster: &ClusterInfo,
+    name: &WalFileName,
+    head: &[u8],
+) -> Result<Option<Vec<HistoryEntry>>, String> {
     match name.kind {
         WalFileKind::Segment | WalFileKind::Partial => {
-            let h = LongPageHeader::parse(head).map_err(|e| format!("first page: {e}"))?;
-            if h.system_id != cluster.system_id {
-                return Err(format!(
-                    "first page is from database system {}, the cluster's is {}",
-                    h.system_id, cluster.system_id
-                ));
-            }
-            if h.major != cluster.pg_major {
-                return Err(format!("first page is PostgreSQL {} WAL, the cluster is {}", h.major, cluster.pg_major));
-            }
-            if h.segment_size != cluster.segment_size || h.block_size != cluster.block_size {
-                return Err(format!(
-                    "first page says {} segments of {}-byte blocks, the cluster has {} and {}",
-                    h.segment_size, h.block_size, cluster.segment_size, cluster.block_size
-                ));
-            }
-            let start = name.start_lsn(cluster.segment_size).map_err(|e| e.to_string())?.unwrap_or_default();
-            if h.page_address != start {
-                return Err(format!("first page is for WAL position {}, the name says {start}", h.page_address));
-            }
-            if h.timeline > name.timeline {
-                return Err(format!("first page is from timeline {}, after the name's {}", h.timeline, name.timeline));
-            }
-            Ok(None)
+            wal_file::check_segment(cluster_name, cluster, name, head, cluster.segment_size.bytes())
+                .map(|()| None)
+                .map_err(|e| format!("first page: {e}"))
         }
-        WalFileKind::History => history::parse(name.timeline, head).map(Some).map_err(|e| e.to_string()),
-        WalFileKind::Backup if head.starts_with(b"START WAL LOCATION:") => Ok(None),
-        WalFileKind::Backup => Err("not a backup history file (no START WAL LOCATION line)".to_string()),
+        WalFileKind::History | WalFileKind::Backup => wal_file::check_small(name, head).map_err(|e| e.to_string()),
     }
 }
 
@@ -596,7 +571,7 @@ mod tests {
     use common::retry::RetryPolicy;
     use common::storage::memory::MemoryStorage;
     use common::storage::{read_all, Body, PutMode};
-    use common::wal::{PgMajor, SystemId};
+    use common::wal::{LongPageHeader, PgMajor, SystemId};
 
     use super::*;
 

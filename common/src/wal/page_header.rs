@@ -153,52 +153,10 @@ impl LongPageHeader {
     }
 }
 
-/// Checks that `first_page` (at least its first [`LONG_HEADER_SIZE`] bytes) is the first page
-/// of the segment or `.partial` file `name` in a file of `file_size` bytes: a valid long
-/// header, the segment size the file has, the page address the name says and a timeline no
-/// later than the name's. What a reader checks before handing WAL to PostgreSQL, which
-/// otherwise fails with "unexpected pageaddr" and ends recovery early at that point.
-pub fn first_page_matches(name: &super::WalFileName, first_page: &[u8], file_size: u64) -> Result<(), String> {
-    let h = LongPageHeader::parse(first_page).map_err(|e| e.to_string())?;
-    if h.segment_size.bytes() != file_size {
-        return Err(format!("{file_size} bytes, but its page header says segments of {}", h.segment_size));
-    }
-    let start = name.start_lsn(h.segment_size).map_err(|e| e.to_string())?.unwrap_or_default();
-    if h.page_address != start {
-        return Err(format!(
-            "its first page is for WAL position {}, but the name {name} says {start}: this is another segment's content",
-            h.page_address
-        ));
-    }
-    if h.timeline > name.timeline {
-        return Err(format!(
-            "its first page is from timeline {}, after the name's timeline {}",
-            h.timeline, name.timeline
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn first_page_against_the_name() {
-        let h = LongPageHeader::parse(&PG15).unwrap();
-        let size = WalSegmentSize::DEFAULT.bytes();
-        let name = |s: &str| crate::wal::WalFileName::parse(s).unwrap();
-        assert!(first_page_matches(&name("000000010000000000000001"), &PG15, size).is_ok());
-        assert!(first_page_matches(&name("000000010000000000000001.partial"), &PG15, size).is_ok());
-        assert!(first_page_matches(&name("000000020000000000000001"), &PG15, size).is_ok(), "parent's page");
-        let e = first_page_matches(&name("000000010000000000000002"), &PG15, size).unwrap_err();
-        assert!(e.contains("another segment's content"), "{e}");
-        let older = LongPageHeader { timeline: TimelineId(3), ..h }.encode();
-        assert!(first_page_matches(&name("000000020000000000000001"), &older, size).is_err());
-        assert!(first_page_matches(&name("000000010000000000000001"), &PG15, size - 8192).is_err());
-        assert!(first_page_matches(&name("000000010000000000000001"), &[0; 40], size).is_err());
-    }
 
     /// The first 40 bytes of a real PostgreSQL 15 segment (reference notes, §4.3).
     const PG15: [u8; 40] = [

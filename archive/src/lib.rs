@@ -1,0 +1,19 @@
+//! The archive's domain rules, each written once and tested beside it. The commands
+//! (`wal-archiver push`, `get`, `verify`, `receive`; `basebackup create`, `expire`, `verify`;
+//! `pitr-restore`) decide what to do with a rule's answer (refuse with an exit code, report a
+//! line, skip an object); they never restate the rule. When two copies of a rule drift, the
+//! planner accepts what `get` refuses, or `verify` passes what `push` would refuse: so there
+//! is one copy.
+//!
+//! - [`identity`]: which cluster a server or a WAL file belongs to, against the repository's
+//!   cluster record (system identifier, major version, segment and block size);
+//! - [`wal_file`]: what a valid WAL file is: a segment's first page against its name and the
+//!   cluster, history and backup history files;
+//! - [`backup_wal`]: which WAL segments a base backup needs.
+//!
+//! Dependencies point down: this crate uses `common` (formats, storage, repository layout) and
+//! is used by the three programs; it uses none of them.
+
+pub mod backup_wal;
+pub mod identity;
+pub mod wal_file;
