@@ -39,8 +39,6 @@ use crate::verify_chain::{self, Archived};
 /// Objects read at the same time. Each holds only stream buffers (about 1.3 MiB), whatever
 /// the segment size.
 const PARALLEL: usize = 4;
-/// History and `.backup` files are small text files (`push` refuses anything above this).
-
 /// What `verify` checks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
