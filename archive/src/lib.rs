@@ -9,11 +9,16 @@
 //!   cluster record (system identifier, major version, segment and block size);
 //! - [`wal_file`]: what a valid WAL file is: a segment's first page against its name and the
 //!   cluster, history and backup history files;
-//! - [`backup_wal`]: which WAL segments a base backup needs.
+//! - [`server`]: what a server says about itself, asked the same way by `basebackup create`
+//!   and the receiver;
+//! - [`backup_wal`]: which WAL segments a base backup needs;
+//! - [`receiver_partial`]: when the streaming receiver's partial segment may serve a restore.
 //!
 //! Dependencies point down: this crate uses `common` (formats, storage, repository layout) and
 //! is used by the three programs; it uses none of them.
 
 pub mod backup_wal;
 pub mod identity;
+pub mod receiver_partial;
+pub mod server;
 pub mod wal_file;

@@ -24,6 +24,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use archive::backup_wal::segment_range;
+use archive::identity::{self, IdentityError};
+use archive::server::ProbeError;
 use bytes::Bytes;
 use common::catalog::{self, ArchiveEntry, BackupEntry, CATALOG_VERSION};
 use common::codec::{self, CompressOptions};
@@ -33,10 +36,10 @@ use common::lease::{self, Owner};
 use common::lsn::Lsn;
 use common::manifest::Manifest;
 use common::pgwire::{BaseBackupMessage, ConnParams, Connection, Replication, Response, ResultSet};
-use common::repository::{ClusterInfo, Repository};
+use common::repository::Repository;
 use common::retry::retry;
 use common::storage::{Body, ObjectKey, PutMode, StorageError};
-use common::wal::{PgMajor, SystemId, TimelineId, WalFileName, WalSegmentSize};
+use common::wal::{TimelineId, WalFileName};
 use time::OffsetDateTime;
 
 use crate::chunks::{put_chunk, ChunkOptions, Feed, Pipeline, Stats};
@@ -92,15 +95,17 @@ pub fn base_backup_command(server_version_num: u32, label: &str, fast: bool) -> 
     }
 }
 
-/// What the server said about itself.
+/// The server this backup is taken from.
 #[derive(Debug, Clone)]
 struct Server {
-    system_id: u64,
-    version: u32,
-    major: PgMajor,
-    segment_size: WalSegmentSize,
-    block_size: u32,
+    info: archive::server::Server,
     describe: String,
+}
+
+impl Server {
+    fn version(&self) -> u32 {
+        self.info.version_num
+    }
 }
 
 /// One row of BASE_BACKUP's tablespace result set.
@@ -171,54 +176,26 @@ fn rfc3339(t: OffsetDateTime) -> String {
 async fn probe(conn: &mut Connection, params: &ConnParams) -> Result<Server, Failure> {
     let describe = params.describe();
     let ctx = format!("server at {describe}");
-    let ident = conn.identify_system().await.map_err(server_error(&ctx))?;
-    let version = conn.server_version_num().await.map_err(server_error(&ctx))?;
-    let major = PgMajor::try_from(version / 10000)
-        .map_err(|e| Failure::msg(FailureKind::Invalid, format!("{ctx}: {e}; nothing was stored")))?;
-    let segment_size = conn.wal_segment_size().await.map_err(server_error(&ctx))?;
-    let block = conn.show("wal_block_size").await.map_err(server_error(&ctx))?;
-    let block_size: u32 =
-        block.trim().parse().map_err(|_| protocol(format!("wal_block_size {block:?} is not a number")))?;
-    Ok(Server { system_id: ident.systemid, version, major, segment_size, block_size, describe })
+    let info = archive::server::probe(conn).await.map_err(|e| match e {
+        ProbeError::Wire(e) => server_error(&ctx)(e),
+        ProbeError::Unsupported(m) => Failure::msg(FailureKind::Invalid, format!("{ctx}: {m}; nothing was stored")),
+        ProbeError::BadAnswer(m) => protocol(m),
+    })?;
+    Ok(Server { info, describe })
 }
 
 /// Checks the server against the repository's cluster record, writing one if there is none.
 async fn check_cluster(repo: &Repository, server: &Server) -> Result<(), Failure> {
-    let found = ClusterInfo {
-        system_id: SystemId(server.system_id),
-        pg_major: server.major,
-        segment_size: server.segment_size,
-        block_size: server.block_size,
-    };
-    let cluster = match repo.cluster_info().await? {
-        Some(c) => c,
-        None => repo.register_cluster(&found).await?,
-    };
-    let name = repo.cluster();
-    let differs = if cluster.system_id != found.system_id {
-        Some(format!(
-            "is database system {}, but cluster {name:?} in this repository is system {}",
-            found.system_id, cluster.system_id
-        ))
-    } else if cluster.pg_major != found.pg_major {
-        Some(format!("runs PostgreSQL {}, but cluster {name:?} in this repository is PostgreSQL {} (after a major upgrade, use a new --cluster)", found.pg_major, cluster.pg_major))
-    } else if cluster.segment_size != found.segment_size || cluster.block_size != found.block_size {
-        Some(format!(
-            "has {} WAL segments of {}-byte blocks, but cluster {name:?} in this repository has {} and {}",
-            found.segment_size, found.block_size, cluster.segment_size, cluster.block_size
-        ))
-    } else {
-        None
-    };
-    match differs {
-        Some(d) => Err(Failure::msg(
+    match identity::check_or_register(repo, &server.info.identity).await {
+        Ok(_) => Ok(()),
+        Err(IdentityError::Mismatch(m)) => Err(Failure::msg(
             FailureKind::Conflict,
             format!(
-                "the server at {} {d}: each cluster needs its own --cluster name; nothing was stored",
+                "the server at {} {m}: each cluster needs its own --cluster name; nothing was stored",
                 server.describe
             ),
         )),
-        None => Ok(()),
+        Err(IdentityError::Repository(e)) => Err(e.into()),
     }
 }
 
@@ -409,7 +386,7 @@ async fn backup(
     opts: &CreateOptions,
     stored: &mut Vec<ObjectKey>,
 ) -> Result<BackupEntry, Failure> {
-    let cmd = base_backup_command(server.version, label, opts.fast);
+    let cmd = base_backup_command(server.version(), label, opts.fast);
     tracing::info!(backup = id, server = %server.describe, "{cmd}");
     conn.send_query(&cmd).await.map_err(server_error("BASE_BACKUP failed"))?;
     let start_rs = next_result_set(conn, "start position").await?;
@@ -422,7 +399,7 @@ async fn backup(
     let chunk_opts = opts.chunks.unwrap_or_else(|| ChunkOptions::new(config.backup_compress()));
     let mut pipeline = Pipeline::start(repo.clone(), id, chunk_opts, stats.clone());
     let progress = Progress::start(stats.clone(), estimate, opts.progress);
-    let streamed = if server.version >= 150000 {
+    let streamed = if server.version() >= 150000 {
         stream_v15(conn, &mut pipeline).await
     } else {
         stream_legacy(conn, &mut pipeline, &tablespaces).await
@@ -445,10 +422,10 @@ async fn backup(
     let manifest = Manifest::parse(&streamed.manifest).map_err(|e| {
         Failure::msg(FailureKind::Corrupt, format!("backup {id}: the server's {e}; nothing was recorded"))
     })?;
-    if let Some(sys) = manifest.system_identifier.filter(|s| *s != server.system_id) {
+    if let Some(sys) = manifest.system_identifier.filter(|s| *s != server.info.identity.system_id.0) {
         return Err(Failure::msg(
             FailureKind::Corrupt,
-            format!("backup {id}: the manifest names system {sys}, the server said {}", server.system_id),
+            format!("backup {id}: the manifest names system {sys}, the server said {}", server.info.identity.system_id),
         ));
     }
     manifest.check_files(&out.files).map_err(|e| {
@@ -488,14 +465,14 @@ async fn backup(
     }
 
     // The WAL that makes the backup consistent must be archived before the backup exists.
-    let seg = server.segment_size;
+    let seg = server.info.identity.segment_size;
     let ranges: Vec<(TimelineId, Lsn, Lsn)> = if manifest.wal_ranges.is_empty() {
         vec![(start_tli, start_lsn, stop_lsn)]
     } else {
         manifest.wal_ranges.iter().map(|r| (TimelineId(r.timeline), r.start_lsn, r.end_lsn)).collect()
     };
     for (tli, from, to) in ranges {
-        let (first, last) = wal::segment_range(from, to, seg);
+        let (first, last) = segment_range(from, to, seg);
         let missing = wal::wait_for(repo, tli, first, last, seg, opts.wal_timeout, |m| {
             progress.set_phase(format!("waiting for WAL {m}"));
         })
@@ -515,16 +492,16 @@ async fn backup(
     }
     progress.finish();
 
-    let (first, _) = wal::segment_range(start_lsn, stop_lsn, seg);
-    let (_, last) = wal::segment_range(start_lsn, stop_lsn, seg);
+    let (first, _) = segment_range(start_lsn, stop_lsn, seg);
+    let (_, last) = segment_range(start_lsn, stop_lsn, seg);
     let raw_bytes = archives.iter().map(|a| a.raw_bytes).sum();
     let stored_bytes = archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
     let entry = BackupEntry {
         version: CATALOG_VERSION,
         id: id.to_string(),
         label: label.to_string(),
-        system_id: SystemId(server.system_id),
-        server_version_num: server.version,
+        system_id: server.info.identity.system_id,
+        server_version_num: server.version(),
         segment_size: seg.bytes(),
         start_lsn,
         start_timeline: start_tli,

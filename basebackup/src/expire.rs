@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use archive::backup_wal::BackupWal;
 use common::catalog::{self, BackupEntry};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
@@ -32,7 +33,7 @@ use common::repository::{wal_file_of_key, Repository};
 use common::retry::retry;
 use common::storage::{ObjectInfo, ObjectKey};
 use common::wal::timeline_path::TimelinePath;
-use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
+use common::wal::{TimelineId, WalFileKind, WalSegmentSize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -247,20 +248,15 @@ fn backup_id_of(prefix: &str, key: &str) -> Option<String> {
 /// WAL before it is needed by none of them. Usually the oldest backup's, but not always: a
 /// backup taken on a timeline that forked before an older backup's start begins lower.
 fn wal_cut(kept: &[BackupEntry]) -> Result<(WalSegmentSize, u64, String), Failure> {
-    let bad = |e: &BackupEntry, what: String| Failure::msg(FailureKind::Corrupt, format!("backup {}: {what}", e.id));
-    let size = WalSegmentSize::new(kept[0].segment_size).map_err(|err| bad(&kept[0], err.to_string()))?;
-    let mut cut: Option<(u64, String)> = None;
+    let mut cut: Option<BackupWal> = None;
     for e in kept {
-        let n = WalFileName::parse(&e.wal_start_segment)
-            .ok()
-            .and_then(|n| n.segment_number(size).ok().flatten())
-            .ok_or_else(|| bad(e, format!("first WAL segment {:?} in its catalog entry", e.wal_start_segment)))?;
-        if cut.as_ref().is_none_or(|(c, _)| n < *c) {
-            cut = Some((n, e.wal_start_segment.clone()));
+        let range = BackupWal::of(e).map_err(|err| Failure::msg(FailureKind::Corrupt, err))?;
+        if cut.as_ref().is_none_or(|c| range.first_segno < c.first_segno) {
+            cut = Some(range);
         }
     }
-    let (n, name) = cut.expect("at least one backup is kept");
-    Ok((size, n, name))
+    let cut = cut.expect("at least one backup is kept");
+    Ok((cut.size, cut.first_segno, cut.first.to_string()))
 }
 
 /// Works out what `policy` expires at `now`, from listings, catalog entries and history files.
@@ -551,6 +547,8 @@ mod tests {
     use common::storage::{Body, PutMode, Storage};
     use common::wal::{SystemId, TimelineId};
     use time::macros::datetime;
+
+    use common::wal::WalFileName;
 
     use super::*;
 

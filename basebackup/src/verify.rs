@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 
+use archive::backup_wal::BackupWal;
 use bytes::Bytes;
 use common::catalog::{self, ArchiveEntry, BackupEntry};
 use common::codec::{self, CodecError};
@@ -19,7 +20,6 @@ use common::manifest::Manifest;
 use common::repository::Repository;
 use common::storage::ObjectKey;
 use common::tar::{FileDigest, FileDigests, TarError, TarReader};
-use common::wal::{WalFileName, WalSegmentSize};
 
 use crate::progress::human;
 use crate::wal;
@@ -155,14 +155,10 @@ pub async fn verify_backup(repo: &Repository, e: &BackupEntry) -> Result<Verifie
     }
     manifest.check_files(&files).map_err(|err| corrupt(id, err))?;
 
-    let size = WalSegmentSize::new(e.segment_size).map_err(|err| corrupt(id, format!("catalog entry: {err}")))?;
-    let bad_name = |n: &str| corrupt(id, format!("catalog entry names WAL segment {n:?}, not a segment name"));
-    let first = WalFileName::parse(&e.wal_start_segment).map_err(|_| bad_name(&e.wal_start_segment))?;
-    let last = WalFileName::parse(&e.wal_stop_segment).map_err(|_| bad_name(&e.wal_stop_segment))?;
-    let (Ok(Some(from)), Ok(Some(to))) = (first.segment_number(size), last.segment_number(size)) else {
-        return Err(bad_name(&e.wal_start_segment));
-    };
-    if let Some(m) = wal::first_missing(repo, first.timeline, from, to, size).await? {
+    let range = BackupWal::of(e).map_err(|err| Failure::msg(FailureKind::Corrupt, err))?;
+    if let Some(m) =
+        wal::first_missing(repo, range.first.timeline, range.first_segno, range.last_segno, range.size).await?
+    {
         return Err(corrupt(
             id,
             format!("WAL segment {m}, needed to make it consistent, is missing from the repository"),

@@ -1,20 +1,11 @@
-//! The WAL a backup needs: every segment from the one holding the start LSN to the one holding
-//! the last byte before the stop LSN, on the backup's timeline, checked by exact key.
+//! Waiting for the WAL a backup needs (`archive::backup_wal` says which): every segment of the
+//! range on the backup's timeline, checked by exact key.
 
 use std::time::{Duration, Instant};
 
 use common::exit::Failure;
-use common::lsn::Lsn;
 use common::repository::Repository;
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
-
-/// First and last segment numbers needed by a backup from `start` to `stop` (PostgreSQL's
-/// `XLByteToSeg(start)` and `XLByteToPrevSeg(stop)`).
-pub fn segment_range(start: Lsn, stop: Lsn, size: WalSegmentSize) -> (u64, u64) {
-    let first = start.segment_number(size);
-    let last = Lsn(stop.0.saturating_sub(1)).segment_number(size).max(first);
-    (first, last)
-}
 
 /// The first segment of `first..=last` on `timeline` that is not in the repository.
 pub async fn first_missing(
@@ -68,20 +59,5 @@ pub async fn wait_for(
                 pause = (pause * 2).min(MAX_PAUSE);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_follow_postgres() {
-        let s = WalSegmentSize::DEFAULT;
-        let l = |t: &str| t.parse::<Lsn>().unwrap();
-        assert_eq!(segment_range(l("0/3000028"), l("0/3000100"), s), (3, 3));
-        assert_eq!(segment_range(l("0/3000028"), l("0/5000000"), s), (3, 4), "stop at a boundary");
-        assert_eq!(segment_range(l("0/3000028"), l("0/5000001"), s), (3, 5));
-        assert_eq!(segment_range(l("1/FF000028"), l("2/100"), s), (0x1FF, 0x200));
     }
 }

@@ -22,6 +22,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use archive::backup_wal::BackupWal;
+use archive::receiver_partial;
 use common::catalog::BackupEntry;
 use common::exit::{Failure, FailureKind};
 use common::lsn::Lsn;
@@ -93,11 +95,10 @@ fn stop_time(b: &BackupEntry) -> Result<PgTimestamp, Failure> {
     Ok(PgTimestamp::from_unix_micros((t.unix_timestamp_nanos() / 1000) as i64))
 }
 
-/// First and last segment a backup needs (PostgreSQL's `XLByteToSeg(start)` and
-/// `XLByteToPrevSeg(stop)`).
+/// First and last segment a backup needs (`archive::backup_wal`).
 fn backup_segments(b: &BackupEntry, size: WalSegmentSize) -> (u64, u64) {
-    let first = b.start_lsn.segment_number(size);
-    (first, Lsn(b.stop_lsn.0.saturating_sub(1)).segment_number(size).max(first))
+    let r = BackupWal::from_lsns(b, size);
+    (r.first_segno, r.last_segno)
 }
 
 /// Decides the timeline path for `choice`.
@@ -322,7 +323,7 @@ async fn usable_partial(
         return Ok(None);
     };
     let ended = history::timeline_end(name.timeline, |t| src.history(t)).await?;
-    if ended.is_some_and(|end| end < Lsn((segno + 1) * size.bytes())) {
+    if !receiver_partial::may_serve(ended, segno, size) {
         tracing::info!(segment = %name, "the receiver's partial segment is of a timeline that ended: not used");
         return Ok(None);
     }

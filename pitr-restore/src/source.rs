@@ -82,7 +82,7 @@ impl WalSource for RepoSource {
         let Some((header, raw)) = self.repo.read_object(&key).await? else {
             return Ok(None);
         };
-        let expected = name.with_kind(WalFileKind::Partial).to_string();
+        let expected = archive::receiver_partial::object_name(name);
         if header.name != expected {
             return Err(Failure::msg(FailureKind::Corrupt, format!("{key} holds {:?}, not {expected:?}", header.name)));
         }

@@ -26,6 +26,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use archive::receiver_partial;
 use archive::wal_file::check_first_page;
 use common::codec::{self, ObjectHeader};
 use common::config::Config;
@@ -109,19 +110,18 @@ async fn from_receiver(repo: &Repository, wal: &WalFileName, dest: &Path) -> Res
     };
     let size = cluster.segment_size;
     let segno = wal.segment_number(size).map_err(|e| Failure::msg(FailureKind::Invalid, e))?.unwrap_or(0);
-    let segment_end = Lsn((segno + 1) * size.bytes());
-    if let Some(end) = repo.timeline_end(wal.timeline).await? {
-        if end < segment_end {
-            tracing::info!(
-                file = %wal,
-                %key,
-                "not serving the receiver's partial segment: timeline {} ended at {end} (history files)",
-                wal.timeline
-            );
-            return Ok(FromReceiver::Refused);
-        }
+    let end = repo.timeline_end(wal.timeline).await?;
+    if !receiver_partial::may_serve(end, segno, size) {
+        tracing::info!(
+            file = %wal,
+            %key,
+            "not serving the receiver's partial segment: timeline {} ended at {} (history files)",
+            wal.timeline,
+            end.unwrap_or_default()
+        );
+        return Ok(FromReceiver::Refused);
     }
-    let expected = wal.with_kind(WalFileKind::Partial).to_string();
+    let expected = receiver_partial::object_name(wal);
     let header = match fetch_key(repo, &key, wal, &expected, dest).await {
         Err(f) if f.kind == FailureKind::NotFound => return Ok(FromReceiver::NoPartial),
         r => r?,

@@ -27,6 +27,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use archive::identity::{self, IdentityError};
+use archive::server::ProbeError;
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::lsn::Lsn;
@@ -36,7 +38,7 @@ use common::pgwire::{
 };
 use common::repository::{wal_file_of_key, ClusterInfo, Repository};
 use common::retry::retry;
-use common::wal::{PgMajor, SystemId, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
+use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use tokio::sync::{mpsc, watch};
 
 use crate::receive_metrics::{ErrorKind, ReceiveMetrics};
@@ -296,31 +298,24 @@ impl Receiver {
         let describe = self.params.describe();
         let mut conn = Connection::connect(&self.params).await.map_err(|e| pg_error("cannot connect", e))?;
         let ctx = format!("server at {describe}");
-        let ident = conn.identify_system().await.map_err(|e| pg_error(&ctx, e))?;
-        let version = conn.server_version_num().await.map_err(|e| pg_error(&ctx, e))?;
-        let seg_size = conn.wal_segment_size().await.map_err(|e| pg_error(&ctx, e))?;
-        let block = conn.show("wal_block_size").await.map_err(|e| pg_error(&ctx, e))?;
-        let block_size: u32 = block
-            .trim()
-            .parse()
-            .map_err(|_| SessionError::Fatal(Failure::msg(FailureKind::Server, format!("wal_block_size {block:?}"))))?;
-        let major = PgMajor::try_from(version / 10000)
-            .map_err(|e| SessionError::Fatal(Failure::msg(FailureKind::Invalid, format!("{ctx}: {e}"))))?;
-        check_cluster(
-            &self.repo,
-            &ClusterInfo { system_id: SystemId(ident.systemid), pg_major: major, segment_size: seg_size, block_size },
-            &describe,
-        )
-        .await?;
+        let server = archive::server::probe(&mut conn).await.map_err(|e| match e {
+            ProbeError::Wire(e) => pg_error(&ctx, e),
+            ProbeError::Unsupported(m) => {
+                SessionError::Fatal(Failure::msg(FailureKind::Invalid, format!("{ctx}: {m}")))
+            }
+            ProbeError::BadAnswer(m) => SessionError::Fatal(Failure::msg(FailureKind::Server, format!("{ctx}: {m}"))),
+        })?;
+        let seg_size = server.identity.segment_size;
+        check_cluster(&self.repo, &server.identity, &describe).await?;
         // Once streaming, the receiver asks for the timeline it is on: the server streams it
         // up to its end and names the next one.
-        let tli = self.spool.as_ref().map_or(TimelineId(ident.timeline), |s| s.timeline());
-        if tli.0 > ident.timeline {
+        let tli = self.spool.as_ref().map_or(server.timeline, |s| s.timeline());
+        if tli > server.timeline {
             return Err(SessionError::Fatal(Failure::msg(
                 FailureKind::Server,
                 format!(
                     "{ctx} is on timeline {}, behind the receiver's timeline {} (connected to an old primary?)",
-                    ident.timeline, tli.0
+                    server.timeline.0, tli.0
                 ),
             )));
         }
@@ -339,12 +334,12 @@ impl Receiver {
                 start
             }
             None => {
-                let slot_lsn = match (&self.opts.slot, version >= 150000) {
+                let slot_lsn = match (&self.opts.slot, server.version_num >= 150000) {
                     (Some(slot), true) => read_slot(&mut conn, slot).await?,
                     _ => None,
                 };
                 let (start, why) =
-                    start_position(&self.repo, &self.opts.spool, tli, seg_size, ident.xlogpos, slot_lsn).await?;
+                    start_position(&self.repo, &self.opts.spool, tli, seg_size, server.position, slot_lsn).await?;
                 tracing::info!(%start, timeline = tli.0, why, "start position");
                 eprintln!("wal-archiver receive: starting at {start} on timeline {} ({why})", tli.0);
                 self.first_start(tli, seg_size, start).await?;
@@ -782,35 +777,13 @@ async fn status_task(
 
 /// Checks the server against the repository's cluster record, registering it if absent.
 async fn check_cluster(repo: &Repository, found: &ClusterInfo, describe: &str) -> Result<(), SessionError> {
-    let cluster = match repo.cluster_info().await.map_err(Failure::from)? {
-        Some(c) => c,
-        None => repo.register_cluster(found).await.map_err(Failure::from)?,
-    };
-    let name = repo.cluster();
-    let differs = if cluster.system_id != found.system_id {
-        Some(format!(
-            "is database system {}, but cluster {name:?} in this repository is system {}",
-            found.system_id, cluster.system_id
-        ))
-    } else if cluster.pg_major != found.pg_major {
-        Some(format!(
-            "runs PostgreSQL {}, but cluster {name:?} in this repository is PostgreSQL {}",
-            found.pg_major, cluster.pg_major
-        ))
-    } else if cluster.segment_size != found.segment_size || cluster.block_size != found.block_size {
-        Some(format!(
-            "has {} WAL segments of {}-byte blocks, but cluster {name:?} in this repository has {} and {}",
-            found.segment_size, found.block_size, cluster.segment_size, cluster.block_size
-        ))
-    } else {
-        None
-    };
-    match differs {
-        Some(d) => Err(SessionError::Fatal(Failure::msg(
+    match identity::check_or_register(repo, found).await {
+        Ok(_) => Ok(()),
+        Err(IdentityError::Mismatch(m)) => Err(SessionError::Fatal(Failure::msg(
             FailureKind::Conflict,
-            format!("the server at {describe} {d}: each cluster needs its own --cluster name; nothing was received"),
+            format!("the server at {describe} {m}: each cluster needs its own --cluster name; nothing was received"),
         ))),
-        None => Ok(()),
+        Err(IdentityError::Repository(e)) => Err(Failure::from(e).into()),
     }
 }
 

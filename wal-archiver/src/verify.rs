@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 
+use archive::backup_wal::BackupWal;
 use archive::wal_file::{self, MAX_SMALL_FILE};
 use common::catalog;
 use common::codec::{self, CodecError};
@@ -294,14 +295,16 @@ pub async fn check(repo: &Repository, opts: Options) -> Result<Report, Failure> 
     let mut must_hold = Vec::new();
     let mut oldest: Option<(u64, WalFileName, String)> = None;
     for b in &backups {
-        let parse = |s: &str| WalFileName::parse(s).ok().and_then(|n| Some((n, n.segment_number(size).ok()??)));
-        let (Some((start, from)), Some((stop, to))) = (parse(&b.wal_start_segment), parse(&b.wal_stop_segment)) else {
-            tracing::warn!(backup = %b.id, "catalog entry names no valid WAL segments; ignored for the range");
-            continue;
+        let range = match BackupWal::of(b) {
+            Ok(r) if r.size == size => r,
+            _ => {
+                tracing::warn!(backup = %b.id, "catalog entry names no valid WAL segments; ignored for the range");
+                continue;
+            }
         };
-        must_hold.extend([(start.timeline, from), (stop.timeline, to)]);
-        if oldest.as_ref().is_none_or(|(s, ..)| from < *s) {
-            oldest = Some((from, start, b.id.clone()));
+        must_hold.extend([(range.first.timeline, range.first_segno), (range.last.timeline, range.last_segno)]);
+        if oldest.as_ref().is_none_or(|(s, ..)| range.first_segno < *s) {
+            oldest = Some((range.first_segno, range.first, b.id.clone()));
         }
     }
     let first_archived = files.iter().filter_map(|(n, s, _)| s.map(|s| (s, n.with_kind(WalFileKind::Segment)))).min();
