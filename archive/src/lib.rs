@@ -12,13 +12,17 @@
 //! - [`server`]: what a server says about itself, asked the same way by `basebackup create`
 //!   and the receiver;
 //! - [`backup_wal`]: which WAL segments a base backup needs;
-//! - [`receiver_partial`]: when the streaming receiver's partial segment may serve a restore.
+//! - [`receiver_partial`]: when the streaming receiver's partial segment may serve a restore;
+//! - [`store`] and [`fetch`]: verified store and fetch of WAL objects, for `push`, the
+//!   look-ahead worker, the receiver's uploader, `get` and the prefetch worker.
 //!
 //! Dependencies point down: this crate uses `common` (formats, storage, repository layout) and
 //! is used by the three programs; it uses none of them.
 
 pub mod backup_wal;
+pub mod fetch;
 pub mod identity;
 pub mod receiver_partial;
 pub mod server;
+pub mod store;
 pub mod wal_file;

@@ -22,35 +22,18 @@
 //! The prefetch worker never fetches partial objects ([`fetch`] reads `wal/` only), so a
 //! stale partial is never kept in the spool.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use archive::fetch::{fetch, fetch_key};
 use archive::receiver_partial;
-use archive::wal_file::check_first_page;
-use common::codec::{self, ObjectHeader};
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::lsn::Lsn;
 use common::repository::Repository;
-use common::retry::{retry, retry_attempts, Attempt};
-use common::storage::{ObjectKey, ObjectReader};
-use common::wal::page_header::LONG_HEADER_SIZE;
 use common::wal::record;
 use common::wal::{WalFileKind, WalFileName};
 
 use crate::prefetch;
-
-/// Removes a temporary file when dropped, unless it was renamed into place.
-struct Partial(Option<PathBuf>);
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 /// Fetches WAL file `name` into `dest`.
 pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure> {
@@ -163,102 +146,6 @@ async fn from_receiver(repo: &Repository, wal: &WalFileName, dest: &Path) -> Res
 fn valid_end_of(path: &Path) -> Option<Lsn> {
     let bytes = std::fs::read(path).ok()?;
     record::summarize(&bytes).ok()?.valid_end
-}
-
-/// Downloads `wal` into `dest` (through a temporary file beside it), verifying it on the way.
-/// Reads the archived file under `wal/` only, never the receiver's partial object.
-pub async fn fetch(repo: &Repository, wal: &WalFileName, dest: &Path) -> Result<ObjectHeader, Failure> {
-    fetch_key(repo, &repo.wal_key(wal), wal, &wal.to_string(), dest).await
-}
-
-/// Downloads the object at `key` into `dest` as WAL file `wal`, verifying it on the way: the
-/// zstd checksum, raw size and digest (in [`codec::decompress`]), that its header names
-/// `object_name`, and for a segment that its first page is the first page of `wal` (an object
-/// copied under another segment's key must never reach PostgreSQL).
-///
-/// A download cut off in the middle (a reset connection, a stalled body) is tried again as a
-/// whole, like a request that failed, within the configured retries: a transient network
-/// fault must not abort recovery, and its partial bytes are never served.
-async fn fetch_key(
-    repo: &Repository,
-    key: &ObjectKey,
-    wal: &WalFileName,
-    object_name: &str,
-    dest: &Path,
-) -> Result<ObjectHeader, Failure> {
-    retry_attempts(repo.retry_policy(), "fetch WAL file", || fetch_once(repo, key, wal, object_name, dest)).await
-}
-
-/// One attempt of [`fetch_key`]; the flag says whether the failure is worth another one.
-async fn fetch_once(
-    repo: &Repository,
-    key: &ObjectKey,
-    wal: &WalFileName,
-    object_name: &str,
-    dest: &Path,
-) -> Result<ObjectHeader, Attempt> {
-    let final_ = |f: Failure| (f, false);
-    let name = wal.to_string();
-    let reader = retry(repo.retry_policy(), "fetch WAL file", || repo.storage().get(key))
-        .await
-        .map_err(|e| (e.into(), false))?;
-
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
-    let tmp = Partial(Some(dir.join(format!(".{base}.pitr-get.{}", std::process::id()))));
-    let tmp_path = tmp.0.clone().unwrap_or_default();
-    let out = File::create(&tmp_path).map_err(|e| {
-        final_(Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp_path.display())))
-    })?;
-    let mut out = BufWriter::with_capacity(1 << 20, out);
-
-    let mut interrupted = false;
-    let result = match reader {
-        ObjectReader::File(f) => codec::decompress(f, &mut out),
-        ObjectReader::Bytes(b) => codec::decompress(&b[..], &mut out),
-        ObjectReader::Stream(s) => {
-            let handle = tokio::task::spawn_blocking(move || {
-                let mut src = codec::SourceErrors::new(tokio_util::io::SyncIoBridge::new(s));
-                let r = codec::decompress(&mut src, &mut out);
-                (r, out, src.failed())
-            });
-            let (r, o, failed) = handle.await.map_err(|e| final_(Failure::new(FailureKind::LocalIo, e)))?;
-            out = o;
-            interrupted = failed;
-            r
-        }
-    };
-    let header = result.map_err(|e| {
-        if interrupted {
-            // The network, not the object and not our disk.
-            let f = Failure::msg(FailureKind::Storage, format!("{name} ({key}): download interrupted: {e}"));
-            return (f, true);
-        }
-        let f: Failure = e.into();
-        final_(Failure::msg(f.kind, format!("{name} ({key}): {f}")))
-    })?;
-    common::repository::check_names(key, &header, object_name).map_err(|e| final_(e.into()))?;
-    out.flush()
-        .map_err(|e| final_(Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display()))))?;
-    drop(out);
-    if matches!(wal.kind, WalFileKind::Segment | WalFileKind::Partial) {
-        let mut first = [0u8; LONG_HEADER_SIZE];
-        File::open(&tmp_path).and_then(|mut f| f.read_exact(&mut first)).map_err(|e| {
-            final_(Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())))
-        })?;
-        check_first_page(wal, &first, header.raw_size).map_err(|e| {
-            final_(Failure::msg(FailureKind::Corrupt, format!("{name} ({key}) is not this segment: {e}")))
-        })?;
-    }
-    std::fs::rename(&tmp_path, dest).map_err(|e| {
-        final_(Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())))
-    })?;
-    let mut tmp = tmp;
-    tmp.0 = None;
-    Ok(header)
 }
 
 /// The file is missing: "not found" is only certain if the repository really holds this

@@ -186,7 +186,7 @@ pub async fn worker(config: &Config, spool: &Path, after: &str) -> Result<(), Fa
                         // Downloaded (and verified) under a hidden name, then renamed to its
                         // ready name, which carries the digest `take` checks it against.
                         let download = spool.join(format!(".{name}.download"));
-                        let fetched = rt.block_on(crate::get::fetch(&repo, &n, &download)).and_then(|h| {
+                        let fetched = rt.block_on(archive::fetch::fetch(&repo, &n, &download)).and_then(|h| {
                             fs::rename(&download, spool.join(ready_name(&name, &h.blake3)))
                                 .map_err(|e| Failure::msg(FailureKind::LocalIo, e))
                         });

@@ -1,53 +1,20 @@
 //! `push`: PostgreSQL's archive_command.
 //!
-//! Contract: exit 0 only once the file is durably in the repository; validate before storing
-//! (name, page magic, system identifier against the repository's cluster record, segment
-//! size, first page address, timeline); never overwrite: an identical re-push succeeds, a
-//! different content fails. The file is read once: validation reads the first page; a
-//! segment (or `.partial` file) is then read whole into memory, its records are walked for
-//! the WAL summary stored in the object's header (for restore planning), and compression and
-//! the digest consume it in the same pass.
+//! Contract: exit 0 only once the file is durably in the repository. The validation and the
+//! store are `archive::store` (shared with the look-ahead worker and the receiver's
+//! uploader); this module adds the command's edge: the look-ahead worker for a backlog.
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use archive::identity::{self, IdentityError};
-use archive::wal_file::{self, WalProblem};
-use common::codec::{self, ObjectHeader};
+use archive::store::{self, invalid, Stored};
 use common::config::Config;
-use common::exit::{Failure, FailureKind};
-use common::repository::Repository;
-use common::retry::retry;
-use common::storage::local::temp_path;
-use common::storage::{Body, PutMode, StorageError};
-use common::wal::page_header::LONG_HEADER_SIZE;
-use common::wal::record::{self, SegmentSummary};
-use common::wal::{LongPageHeader, WalFileKind, WalFileName};
+use common::exit::Failure;
+use common::wal::WalFileName;
 
 use crate::push_ahead;
 
 /// What a successful push did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
-    /// The file was stored.
-    Stored,
-    /// An identical copy was already archived.
-    AlreadyArchived,
-}
-
-/// Removes a temporary file when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn invalid(name: &str, msg: impl std::fmt::Display) -> Failure {
-    Failure::msg(FailureKind::Invalid, format!("{name}: {msg}; nothing was archived"))
-}
+pub type PushOutcome = Stored;
 
 /// Archives the WAL file at `path` (PostgreSQL's archive_command), first starting the
 /// look-ahead worker when more segments wait, and waiting for the worker when it is already
@@ -61,198 +28,12 @@ pub async fn push(config: &Config, path: &Path) -> Result<PushOutcome, Failure> 
     outcome
 }
 
-/// Validates and stores one WAL file (used by `push` and by the look-ahead worker).
+/// Validates and stores one WAL file (used by `push`, the look-ahead worker and the
+/// receiver's uploader). A file whose name is not a WAL file name is refused before the
+/// repository is opened.
 pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let name = WalFileName::parse(file_name).map_err(|e| invalid(&path.display().to_string(), e))?;
-    let mut file = File::open(path)
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot open {}: {e}", path.display())))?;
-    let size = file
-        .metadata()
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot stat {}: {e}", path.display())))?
-        .len();
+    WalFileName::parse(file_name).map_err(|e| invalid(&path.display().to_string(), e))?;
     let repo = config.open_repository(true).await?;
-
-    // The whole file, read once.
-    let mut data = Vec::new();
-    match name.kind {
-        WalFileKind::Segment | WalFileKind::Partial => {
-            data.resize(LONG_HEADER_SIZE, 0);
-            let n = codec::read_full(&mut file, &mut data).map_err(|e| read_error(path, e))?;
-            data.truncate(n);
-            validate_segment(&repo, &name, &data, size).await?;
-            // Already archived (the look-ahead worker's segments, a retry after a crash)?
-            // Then the file is only hashed, streamed through a small buffer: no segment-sized
-            // allocation and copy for a push that stores nothing.
-            if let Some(existing) = repo.wal_header(&name).await? {
-                let mut rest = (&data[..]).chain(&mut file);
-                let (read, digest) = codec::digest(&mut rest).map_err(|e| read_error(path, e))?;
-                if read != size {
-                    return Err(changed(path, size, read));
-                }
-                return compare_digest(&name, &existing, read, &digest);
-            }
-            data.reserve_exact((size as usize).saturating_sub(n) + 1);
-            file.read_to_end(&mut data).map_err(|e| read_error(path, e))?;
-            if data.len() as u64 != size {
-                return Err(changed(path, size, data.len() as u64));
-            }
-        }
-        WalFileKind::History | WalFileKind::Backup => {
-            wal_file::check_small_size(&name, size).map_err(|e| invalid(file_name, e))?;
-            file.read_to_end(&mut data).map_err(|e| read_error(path, e))?;
-            wal_file::check_small(&name, &data).map_err(|e| invalid(file_name, e))?;
-        }
-    }
-
-    // Already archived? Decide by the digest of the uncompressed content (segments were
-    // checked before they were read whole).
-    if matches!(name.kind, WalFileKind::History | WalFileKind::Backup) {
-        if let Some(existing) = repo.wal_header(&name).await? {
-            let (size, digest) = codec::digest(&mut &data[..]).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
-            return compare_digest(&name, &existing, size, &digest);
-        }
-    }
-    let summary = match name.kind {
-        WalFileKind::Segment | WalFileKind::Partial => summarize(&name, &data),
-        WalFileKind::History | WalFileKind::Backup => None,
-    };
-
-    // The compressed object is staged in the repository's own scratch directory (local) or
-    // the system's temporary directory (S3): a write failure there (a full disk) is the
-    // repository's failure (exit 5) in the first case, a local one (8) in the second.
-    let (scratch, scratch_kind) = match repo.storage().scratch_dir() {
-        Some(d) => (d, FailureKind::Storage),
-        None => (std::env::temp_dir(), FailureKind::LocalIo),
-    };
-    let scratch_error = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        Failure::msg(scratch_kind, format!("cannot {what} {}: {e}; nothing was archived", p.display()))
-    };
-    let tmp = TempFile(temp_path(&scratch, file_name));
-    let mut out = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp.0)
-        .map_err(|e| scratch_error("create", &tmp.0, &e))?;
-    let header = codec::compress_with_summary(
-        &data,
-        &mut io::empty(),
-        &mut out,
-        file_name,
-        Some(size),
-        summary,
-        config.compress,
-    )
-    .map_err(|e| match e {
-        codec::CodecError::Io(e) => scratch_error("write", &tmp.0, &e),
-        e => e.into(),
-    })?;
-    if header.raw_size != size {
-        return Err(changed(path, size, header.raw_size));
-    }
-    drop(out);
-    drop(data);
-
-    let key = repo.wal_key(&name);
-    let put = retry(repo.retry_policy(), "store WAL file", || {
-        repo.storage().put(&key, Body::File(tmp.0.clone()), PutMode::CreateNew)
-    })
-    .await;
-    match put {
-        Ok(()) => Ok(PushOutcome::Stored),
-        // Someone stored it between our check and our write: judge their copy.
-        Err(StorageError::AlreadyExists { .. }) => match repo.wal_header(&name).await? {
-            Some(existing) if existing.blake3 == header.blake3 && existing.raw_size == header.raw_size => {
-                Ok(PushOutcome::AlreadyArchived)
-            }
-            Some(existing) => Err(conflict(&name, &existing, header.raw_size, &header.blake3)),
-            None => Err(Failure::msg(FailureKind::Storage, format!("{key} exists but cannot be read"))),
-        },
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn read_error(path: &Path, e: std::io::Error) -> Failure {
-    Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", path.display()))
-}
-
-fn changed(path: &Path, size: u64, now: u64) -> Failure {
-    Failure::msg(
-        FailureKind::LocalIo,
-        format!("{} changed while being archived ({size} bytes, then {now})", path.display()),
-    )
-}
-
-/// The WAL summary of a validated segment: what its valid records hold (a walk that stops
-/// early, at the end of a `.partial` file's WAL or at recycled bytes after a switch, still
-/// describes what came before). `None`, logged, only if the segment cannot be walked at all.
-fn summarize(name: &WalFileName, data: &[u8]) -> Option<SegmentSummary> {
-    match record::summarize(data) {
-        Ok(s) => {
-            tracing::debug!(
-                file = %name,
-                xact_ends = s.xact_ends,
-                restore_points = s.restore_points.len(),
-                stopped = s.stopped.as_deref().unwrap_or(""),
-                "summarized"
-            );
-            Some(s)
-        }
-        Err(e) => {
-            tracing::warn!(file = %name, "stored without a WAL summary: {e}");
-            None
-        }
-    }
-}
-
-/// Checks a segment's first page against its name and the repository's cluster record
-/// (`archive::wal_file`), recording the cluster on the first push. Another cluster's segment
-/// is a conflict (4), any other problem an invalid file (3).
-async fn validate_segment(repo: &Repository, name: &WalFileName, first: &[u8], size: u64) -> Result<(), Failure> {
-    let n = name.to_string();
-    let header = LongPageHeader::parse(first).map_err(|e| invalid(&n, e))?;
-    let refuse = |p: WalProblem| {
-        if p.is_other_cluster() {
-            Failure::msg(
-                FailureKind::Conflict,
-                format!("{n}: {p}: two clusters must not share one cluster name (set --cluster); nothing was archived"),
-            )
-        } else {
-            invalid(&n, p)
-        }
-    };
-    let cluster = match identity::check_or_register(repo, &wal_file::identity_of(&header)).await {
-        Ok(c) => c,
-        Err(IdentityError::Mismatch(m)) => return Err(refuse(m.into())),
-        Err(IdentityError::Repository(e)) => return Err(e.into()),
-    };
-    wal_file::check_segment(repo.cluster(), &cluster, name, first, size).map_err(refuse)
-}
-
-/// An object is already stored under this file's key: identical content is success.
-fn compare_digest(
-    name: &WalFileName,
-    existing: &ObjectHeader,
-    size: u64,
-    digest: &str,
-) -> Result<PushOutcome, Failure> {
-    if size == existing.raw_size && digest == existing.blake3 {
-        tracing::info!(file = %name, "already archived with identical content");
-        Ok(PushOutcome::AlreadyArchived)
-    } else {
-        Err(conflict(name, existing, size, digest))
-    }
-}
-
-fn conflict(name: &WalFileName, existing: &ObjectHeader, size: u64, digest: &str) -> Failure {
-    Failure::msg(
-        FailureKind::Conflict,
-        format!(
-            "{name}: already archived with different content (archived {} bytes, blake3 {:.16}; this file {size} \
-             bytes, blake3 {digest:.16}); refusing to overwrite: this means split brain, two servers archiving as \
-             one cluster, or corruption",
-            existing.raw_size, existing.blake3
-        ),
-    )
+    store::store(&repo, config.compress, path).await
 }

@@ -10,7 +10,7 @@
 //!   the flush position advances, when a keepalive asks for one, and every
 //!   `--status-interval`; it never waits for uploads;
 //! - the **uploader** ([`receive_upload`](crate::receive_upload)) stores completed segments
-//!   with [`push::store`](crate::push::store) (the same object `push` makes) and uploads the
+//!   with [`push::store`](crate::push::store), that is `archive::store` (the same object `push` makes) and uploads the
 //!   growing `.partial` every `--partial-interval` under a receiver-only key.
 //!
 //! Positions reported: `write` = received and written to the spool, `flush` = fsynced in the
