@@ -1,17 +1,18 @@
 //! `push`: PostgreSQL's archive_command.
 //!
 //! Contract: exit 0 only once the file is durably in the repository. The validation and the
-//! store are `archive::store` (shared with the look-ahead worker and the receiver's
-//! uploader); this module adds the command's edge: the look-ahead worker for a backlog.
+//! store are [`crate::store`] (`archive::store`, shared with the look-ahead worker and the
+//! receiver's uploader); this module adds the command's edge: the look-ahead worker for a
+//! backlog.
 
 use std::path::Path;
 
-use archive::store::{self, invalid, Stored};
+use archive::store::Stored;
 use common::config::Config;
 use common::exit::Failure;
-use common::wal::WalFileName;
 
 use crate::push_ahead;
+use crate::store::store;
 
 /// What a successful push did.
 pub type PushOutcome = Stored;
@@ -26,14 +27,4 @@ pub async fn push(config: &Config, path: &Path) -> Result<PushOutcome, Failure> 
     let outcome = store(config, path).await;
     drop(ahead);
     outcome
-}
-
-/// Validates and stores one WAL file (used by `push`, the look-ahead worker and the
-/// receiver's uploader). A file whose name is not a WAL file name is refused before the
-/// repository is opened.
-pub async fn store(config: &Config, path: &Path) -> Result<PushOutcome, Failure> {
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    WalFileName::parse(file_name).map_err(|e| invalid(&path.display().to_string(), e))?;
-    let repo = config.open_repository(true).await?;
-    store::store(&repo, config.compress, path).await
 }

@@ -10,7 +10,6 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 
-use super::conn::Connection;
 use super::conninfo::{ChannelBindingMode, ConnParams, Password, Target};
 use super::error::{PgWireError, Result};
 use super::message::{AuthRequest, BackendMessage};
@@ -49,9 +48,20 @@ fn password(params: &ConnParams, target: &Target) -> Result<Password> {
     ))
 }
 
+/// What the exchange needs of a connection (implemented by `conn::Connection`, which calls
+/// [`authenticate`]; this module does not import it back).
+pub(crate) trait Channel {
+    /// Whether the connection is encrypted (SCRAM channel binding needs TLS).
+    fn is_tls(&self) -> bool;
+    /// The next message from the server.
+    async fn next_message(&mut self) -> Result<BackendMessage>;
+    /// Encodes one message with `f` and sends it.
+    async fn send_raw(&mut self, f: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<()>) -> Result<()>;
+}
+
 /// Runs the exchange up to AuthenticationOk.
 pub(crate) async fn authenticate(
-    conn: &mut Connection,
+    conn: &mut impl Channel,
     params: &ConnParams,
     target: &Target,
     tls_end_point: Option<Vec<u8>>,
@@ -60,7 +70,7 @@ pub(crate) async fn authenticate(
     let mut scram: Option<ScramSha256> = None;
     let mut scram_done = false;
     loop {
-        let msg = conn.reader_mut().next_message().await?;
+        let msg = conn.next_message().await?;
         let req = match msg {
             BackendMessage::Authentication(r) => r,
             BackendMessage::Error(e) => return Err(PgWireError::from(e)),
@@ -90,12 +100,12 @@ pub(crate) async fn authenticate(
                     tracing::debug!("server asked for the password in clear text over an unencrypted connection");
                 }
                 let pw = password(params, target)?;
-                conn.writer_mut().send_raw(|b| frontend::password_message(pw.expose().as_bytes(), b)).await?;
+                conn.send_raw(|b| frontend::password_message(pw.expose().as_bytes(), b)).await?;
             }
             AuthRequest::Md5(salt) => {
                 let pw = password(params, target)?;
                 let hash = md5_hash(params.user.as_bytes(), pw.expose().as_bytes(), salt);
-                conn.writer_mut().send_raw(|b| frontend::password_message(hash.as_bytes(), b)).await?;
+                conn.send_raw(|b| frontend::password_message(hash.as_bytes(), b)).await?;
             }
             AuthRequest::Sasl(mechanisms) => {
                 let has = |m: &str| mechanisms.iter().any(|x| x == m);
@@ -130,7 +140,7 @@ pub(crate) async fn authenticate(
                 };
                 let pw = password(params, target)?;
                 let s = ScramSha256::new(pw.expose().as_bytes(), binding);
-                conn.writer_mut().send_raw(|b| frontend::sasl_initial_response(mechanism, s.message(), b)).await?;
+                conn.send_raw(|b| frontend::sasl_initial_response(mechanism, s.message(), b)).await?;
                 scram = Some(s);
             }
             AuthRequest::SaslContinue(data) => {
@@ -138,7 +148,7 @@ pub(crate) async fn authenticate(
                     scram.as_mut().ok_or_else(|| PgWireError::Protocol("SASL continue without SASL start".into()))?;
                 s.update(&data).map_err(|e| auth_err(params, target, format!("invalid SCRAM server message: {e}")))?;
                 let reply = s.message().to_vec();
-                conn.writer_mut().send_raw(|b| frontend::sasl_response(&reply, b)).await?;
+                conn.send_raw(|b| frontend::sasl_response(&reply, b)).await?;
             }
             AuthRequest::SaslFinal(data) => {
                 let s = scram.as_mut().ok_or_else(|| PgWireError::Protocol("SASL final without SASL start".into()))?;

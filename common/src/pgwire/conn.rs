@@ -268,6 +268,18 @@ impl ConnectionWriter {
     }
 }
 
+impl super::auth::Channel for Connection {
+    fn is_tls(&self) -> bool {
+        self.reader.tls
+    }
+    async fn next_message(&mut self) -> Result<BackendMessage> {
+        self.reader.next_message().await
+    }
+    async fn send_raw(&mut self, f: impl FnOnce(&mut BytesMut) -> io::Result<()>) -> Result<()> {
+        self.writer.send_raw(f).await
+    }
+}
+
 /// An open, authenticated connection, ready for a query.
 #[derive(Debug)]
 pub struct Connection {
@@ -426,14 +438,6 @@ impl Connection {
             },
             writer: ConnectionWriter { wr, buf: BytesMut::with_capacity(1024), peer },
         }
-    }
-
-    pub(crate) fn reader_mut(&mut self) -> &mut ConnectionReader {
-        &mut self.reader
-    }
-
-    pub(crate) fn writer_mut(&mut self) -> &mut ConnectionWriter {
-        &mut self.writer
     }
 
     /// Whether the connection is encrypted.

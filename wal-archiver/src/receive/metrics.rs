@@ -1,6 +1,6 @@
 //! What an operator and a monitoring system need to know about a running receiver, kept in
 //! a few atomics that the reader, the uploader and the session loop update as they go, and
-//! rendered on demand by the `--metrics-listen` endpoint ([`receive_http`](crate::receive_http))
+//! rendered on demand by the `--metrics-listen` endpoint ([`http`](super::http))
 //! in the Prometheus text format, plus the `/health` verdict.
 //!
 //! Invariants: updating costs the replication loop an atomic store or two per batch (never
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lsn::Lsn;
 
-use crate::receive::{Positions, StopReason};
+use super::state::{Positions, StopReason};
 
 /// The kinds of error counted by `pitr_receive_errors_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

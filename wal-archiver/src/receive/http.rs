@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::receive::{Positions, StopReason};
-use crate::receive_metrics::ReceiveMetrics;
+use super::metrics::ReceiveMetrics;
+use super::state::{Positions, StopReason};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;

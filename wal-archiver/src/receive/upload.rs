@@ -2,7 +2,7 @@
 //! sequential, so a segment's partial object can never be uploaded after its complete
 //! object was stored and the partial object removed.
 //!
-//! - Complete segments, in order: [`push::store`](crate::push::store) (validated, same key,
+//! - Complete segments, in order: [`store`](crate::store) (validated, same key,
 //!   compression, digest and summary as `push`: whichever of `push` and `receive` comes
 //!   second finds an identical object), then the spool file and the segment's partial object
 //!   are removed. Repository errors are retried with backoff (the segment stays in the
@@ -29,14 +29,13 @@ use common::wal::{TimelineId, WalFileKind, WalFileName, WalSegmentSize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::push;
-use crate::receive::{Durability, Positions, StopReason};
-use crate::receive_metrics::{ErrorKind, ReceiveMetrics};
+use super::metrics::{ErrorKind, ReceiveMetrics};
+use super::state::{Durability, Positions, StopReason};
 
 /// Work for the uploader.
 #[derive(Debug)]
 pub enum Job {
-    /// A file in the spool to store with `push::store` and then remove: a complete segment,
+    /// A file in the spool to store with `crate::store` and then remove: a complete segment,
     /// the `.partial` last segment of an ended timeline, a history file.
     Segment(PathBuf),
     /// From now on the growing segment is on this timeline.
@@ -46,7 +45,7 @@ pub enum Job {
 /// What the uploader needs.
 #[derive(Debug)]
 pub struct UploaderSetup {
-    /// Configuration (for `push::store`).
+    /// Configuration (for `crate::store`).
     pub config: Config,
     /// The repository.
     pub repo: Repository,
@@ -216,7 +215,7 @@ impl State {
             return Ok(());
         }
         let s = &self.setup;
-        match push::store(&s.config, path).await {
+        match crate::store::store(&s.config, path).await {
             Ok(outcome) => {
                 tracing::info!(file = %path.display(), ?outcome, "stored");
                 let name = path.file_name().and_then(|n| n.to_str()).and_then(|n| WalFileName::parse(n).ok());
