@@ -16,8 +16,9 @@ waits (--wal-timeout) until every segment from the backup's start to its stop is
 only then records the backup.
 
 Exit status: 0 success; 1 (create) the WAL the backup needs did not reach the repository in
-time, (verify) no such backup; 2 usage error; 4 the server is another database system (or
-major version) than the repository's cluster; 5 repository unreachable or failing after
+time, (verify) no such backup; 2 usage error; 3 the server runs a PostgreSQL major version
+pitr does not support; 4 the server is another database system (or major version) than the
+repository's cluster; 5 repository unreachable or failing after
 retries; 6 a backup is damaged or does not match its manifest (create: the server's stream
 did not match its own manifest); 7 bad configuration; 8 local error; 9 PostgreSQL could not
 be reached, refused the connection or failed the backup. See docs/basebackup.md.";

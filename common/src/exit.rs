@@ -37,9 +37,40 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, in the order of their codes: the one table that `--help`, the README and
+    /// `docs/exit-codes.md` are tested against.
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::NotFound,
+        FailureKind::Usage,
+        FailureKind::Invalid,
+        FailureKind::Conflict,
+        FailureKind::Storage,
+        FailureKind::Corrupt,
+        FailureKind::Config,
+        FailureKind::LocalIo,
+        FailureKind::Server,
+        FailureKind::Refused,
+    ];
+
     /// The exit status for this kind.
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// Its name in `docs/exit-codes.md`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::NotFound => "not found",
+            FailureKind::Usage => "usage",
+            FailureKind::Invalid => "invalid input",
+            FailureKind::Conflict => "conflict",
+            FailureKind::Storage => "storage",
+            FailureKind::Corrupt => "corrupt",
+            FailureKind::Config => "configuration",
+            FailureKind::LocalIo => "local I/O",
+            FailureKind::Server => "server",
+            FailureKind::Refused => "refused",
+        }
     }
 }
 
@@ -125,17 +156,11 @@ mod tests {
 
     #[test]
     fn get_never_says_missing_for_other_failures() {
-        for k in [
-            FailureKind::Usage,
-            FailureKind::Invalid,
-            FailureKind::Conflict,
-            FailureKind::Storage,
-            FailureKind::Corrupt,
-            FailureKind::Config,
-            FailureKind::LocalIo,
-            FailureKind::Server,
-            FailureKind::Refused,
-        ] {
+        for (i, k) in FailureKind::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(k.code()), i + 1, "ALL is in the order of the codes");
+            if k == FailureKind::NotFound {
+                continue;
+            }
             assert!(Failure::msg(k, "x").get_exit_code() > 125, "{k:?}");
             assert!(Failure::msg(k, "x").exit_code() <= 125, "{k:?}");
         }

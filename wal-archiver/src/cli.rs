@@ -14,9 +14,11 @@ PostgreSQL settings:
 --repo in the command itself).
 
 Exit status: 0 success; 1 (get) the file is not in the repository; 2 usage error; 3 invalid
-WAL file; 4 conflict: different content already archived or another cluster's WAL; 5
-repository unreachable or failing after retries; 6 damaged object in the repository; 7 bad
-configuration; 8 local file error. verify exits 6 when it finds any gap, missing history
+WAL file, or (receive) a PostgreSQL major version pitr does not support; 4 conflict: different
+content already archived, another cluster's WAL or server; 5 repository unreachable or failing
+after retries; 6 damaged object in the repository; 7 bad configuration; 8 local file error;
+9 (receive) PostgreSQL unreachable, refusing the connection or failing a command. verify
+exits 6 when it finds any gap, missing history
 file or damaged object. get reports every failure except 1 as 200 + code (e.g. 205; 202 for a
 usage error wherever get stands on the line, 250 for an internal error), so that PostgreSQL
 aborts recovery instead of ending it early. See docs/exit-codes.md.";
