@@ -149,6 +149,11 @@ pub fn kill_matching(pattern: &str) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
+/// Whether a process whose command line contains `pattern` runs.
+pub fn running(pattern: &str) -> bool {
+    Command::new("pgrep").args(["-f", pattern]).output().is_ok_and(|o| o.status.success())
+}
+
 /// Runs `f` for a scenario and turns a panic (a fixture failing, not a counted fault) into a
 /// note, so that one broken scenario does not hide the others' figures.
 pub fn guarded(name: &str, f: impl FnOnce(&mut Figures)) -> Figures {

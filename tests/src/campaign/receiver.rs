@@ -108,7 +108,7 @@ fn scenario(f: &mut Figures, rounds: u32, seed: u64, repo: TestRepo, spool: Opti
             }
             Trouble::SpoolFull(fs) => {
                 let filler = fs.join("filler");
-                let leave = rng.below(256 << 10);
+                let leave = rng.below(32 << 10);
                 let _ = fs::write(&filler, vec![0u8; fs.free().saturating_sub(leave) as usize]);
                 // The growing segment's file is allocated whole when it starts: the next one
                 // is what finds the disk full.

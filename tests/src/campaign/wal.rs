@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{kill_matching, run_or_kill, Figures, Rng};
+use super::{kill_matching, run_or_kill, running, Figures, Rng};
 use crate::bins::{run, Run};
 use crate::fault_proxy::{random_rule, transient_faults, Fault, FaultProxy};
 use crate::repo::TestRepo;
@@ -102,7 +102,6 @@ pub fn push_ahead_kill(f: &mut Figures, repo: &TestRepo, rounds: u32, seed: u64)
             std::fs::write(pg_wal.join("archive_status").join(format!("{name}.ready")), b"").unwrap();
         }
         let pattern = format!("push-ahead-worker --pg-wal {}", pg_wal.display());
-        let kill_at = rng.below(files.len() as u64) as usize;
         for (i, (name, data)) in files.iter().enumerate() {
             let archive = || {
                 let mut c = repo.wal_archiver();
@@ -111,17 +110,27 @@ pub fn push_ahead_kill(f: &mut Figures, repo: &TestRepo, rounds: u32, seed: u64)
                 c.current_dir(d.path()).env("PITR_RETRIES", "4").arg("push").arg(pg_wal.join(name));
                 c
             };
-            if i == kill_at {
-                // The archiver's call starts a worker for the backlog; kill it (and maybe the
-                // call) a moment later.
-                let delay = rng.delay(Duration::from_millis(300));
-                match run_or_kill(archive(), delay) {
-                    Some(r) => {
-                        f.expect_exit("push", &r, &[0]);
-                    }
-                    None => f.faults += 1,
+            if i == 0 {
+                // The archiver's first call starts a worker for the backlog of five; once it
+                // runs, kill it (and, every other round, the call too) a moment later.
+                let mut c = archive();
+                c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                let mut child = c.spawn().unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !running(&pattern) && child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
+                std::thread::sleep(rng.delay(Duration::from_millis(40)));
                 f.faults += kill_matching(&pattern);
+                if round % 2 == 1 && child.try_wait().unwrap().is_none() {
+                    let _ = child.kill();
+                    f.faults += 1;
+                }
+                let r: Run = child.wait_with_output().unwrap().into();
+                if r.code != -1 {
+                    f.expect_exit("push", &r, &[0]);
+                }
             }
             // PostgreSQL calls archive_command until it succeeds.
             let mut ok = false;
@@ -210,7 +219,8 @@ pub fn disk_full(f: &mut Figures, rounds: u32, seed: u64) {
         // Fill the disk to a random level, push, free the space, push again.
         let filler = fs.join("filler");
         let free = fs.free();
-        let leave = rng.below(2 << 20);
+        // Every other round too little room for any segment; else a random amount.
+        let leave = if round % 2 == 0 { rng.below(64 << 10) } else { rng.below(2 << 20) };
         let _ = std::fs::write(&filler, vec![0u8; free.saturating_sub(leave) as usize]);
         let (name, data) = segment(SYSTEM_ID, 1, 3000 + u64::from(round));
         let p = dir.path().join(&name);
