@@ -74,7 +74,7 @@ async fn fetch_once(
     let tmp = Partial(Some(dir.join(format!(".{base}.pitr-get.{}", std::process::id()))));
     let tmp_path = tmp.0.clone().unwrap_or_default();
     let out = File::create(&tmp_path).map_err(|e| {
-        final_(Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp_path.display())))
+        final_(Failure::msg(FailureKind::LocalIo, format!("cannot create {}: {e}", tmp_path.display())).transient())
     })?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
 
@@ -88,7 +88,7 @@ async fn fetch_once(
                 let r = codec::decompress(&mut src, &mut out);
                 (r, out, src.failed())
             });
-            let (r, o, failed) = handle.await.map_err(|e| final_(Failure::new(FailureKind::LocalIo, e)))?;
+            let (r, o, failed) = handle.await.map_err(|e| final_(Failure::new(FailureKind::LocalIo, e).transient()))?;
             out = o;
             interrupted = failed;
             r
@@ -97,27 +97,29 @@ async fn fetch_once(
     let header = result.map_err(|e| {
         if interrupted {
             // The network, not the object and not our disk.
-            let f = Failure::msg(FailureKind::Storage, format!("{name} ({key}): download interrupted: {e}"));
+            let f =
+                Failure::msg(FailureKind::Storage, format!("{name} ({key}): download interrupted: {e}")).transient();
             return (f, true);
         }
         let f: Failure = e.into();
         final_(Failure::msg(f.kind, format!("{name} ({key}): {f}")))
     })?;
     common::repository::check_names(key, &header, object_name).map_err(|e| final_(e.into()))?;
-    out.flush()
-        .map_err(|e| final_(Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display()))))?;
+    out.flush().map_err(|e| {
+        final_(Failure::msg(FailureKind::LocalIo, format!("cannot write {}: {e}", tmp_path.display())).transient())
+    })?;
     drop(out);
     if matches!(wal.kind, WalFileKind::Segment | WalFileKind::Partial) {
         let mut first = [0u8; LONG_HEADER_SIZE];
         File::open(&tmp_path).and_then(|mut f| f.read_exact(&mut first)).map_err(|e| {
-            final_(Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())))
+            final_(Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", tmp_path.display())).transient())
         })?;
         check_first_page(wal, &first, header.raw_size).map_err(|e| {
             final_(Failure::msg(FailureKind::Corrupt, format!("{name} ({key}) is not this segment: {e}")))
         })?;
     }
     std::fs::rename(&tmp_path, dest).map_err(|e| {
-        final_(Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())))
+        final_(Failure::msg(FailureKind::LocalIo, format!("cannot rename into {}: {e}", dest.display())).transient())
     })?;
     let mut tmp = tmp;
     tmp.0 = None;

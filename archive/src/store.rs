@@ -56,10 +56,10 @@ pub async fn store(repo: &Repository, compress: CompressOptions, path: &Path) ->
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let name = WalFileName::parse(file_name).map_err(|e| invalid(&path.display().to_string(), e))?;
     let mut file = File::open(path)
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot open {}: {e}", path.display())).transient())?;
     let size = file
         .metadata()
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot stat {}: {e}", path.display())))?
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("cannot stat {}: {e}", path.display())).transient())?
         .len();
 
     // The whole file, read once.
@@ -98,7 +98,8 @@ pub async fn store(repo: &Repository, compress: CompressOptions, path: &Path) ->
     // checked before they were read whole).
     if matches!(name.kind, WalFileKind::History | WalFileKind::Backup) {
         if let Some(existing) = repo.wal_header(&name).await? {
-            let (size, digest) = codec::digest(&mut &data[..]).map_err(|e| Failure::new(FailureKind::LocalIo, e))?;
+            let (size, digest) =
+                codec::digest(&mut &data[..]).map_err(|e| Failure::new(FailureKind::LocalIo, e).transient())?;
             return compare_digest(&name, &existing, size, &digest);
         }
     }
@@ -115,7 +116,7 @@ pub async fn store(repo: &Repository, compress: CompressOptions, path: &Path) ->
         None => (std::env::temp_dir(), FailureKind::LocalIo),
     };
     let scratch_error = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        Failure::msg(scratch_kind, format!("cannot {what} {}: {e}; nothing was archived", p.display()))
+        Failure::msg(scratch_kind, format!("cannot {what} {}: {e}; nothing was archived", p.display())).transient()
     };
     let tmp = TempFile(temp_path(&scratch, file_name));
     let mut out = File::options()
@@ -149,14 +150,14 @@ pub async fn store(repo: &Repository, compress: CompressOptions, path: &Path) ->
                 Ok(Stored::AlreadyArchived)
             }
             Some(existing) => Err(conflict(&name, &existing, header.raw_size, &header.blake3)),
-            None => Err(Failure::msg(FailureKind::Storage, format!("{key} exists but cannot be read"))),
+            None => Err(Failure::msg(FailureKind::Storage, format!("{key} exists but cannot be read")).transient()),
         },
         Err(e) => Err(e.into()),
     }
 }
 
 fn read_error(path: &Path, e: std::io::Error) -> Failure {
-    Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", path.display()))
+    Failure::msg(FailureKind::LocalIo, format!("cannot read {}: {e}", path.display())).transient()
 }
 
 fn changed(path: &Path, size: u64, now: u64) -> Failure {

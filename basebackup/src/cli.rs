@@ -33,13 +33,19 @@ pub struct Cli {
     /// How to reach the server: a libpq connection string or URI [default: from PG*
     /// variables, as libpq; file key `dbname`].
     #[arg(long, short = 'd', env = "PITR_DBNAME", value_name = "CONNINFO", global = true)]
-    pub dbname: Option<String>,
+    pub dbname: Option<common::config::ConnString>,
     /// Repository and cluster settings.
     #[command(flatten)]
     pub repo: RepoArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl common::cmdline::WithRepoArgs for Cli {
+    fn repo_args(&mut self) -> &mut RepoArgs {
+        &mut self.repo
+    }
 }
 
 /// The subcommands.

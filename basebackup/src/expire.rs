@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use archive::backup_wal::BackupWal;
 use common::catalog::{self, BackupEntry};
-use common::config::Config;
+use common::config::{Config, Origin, Source};
 use common::exit::{Failure, FailureKind};
 use common::lease;
 use common::repository::{wal_file_of_key, Repository};
@@ -56,26 +56,42 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy from the command line or the configuration file; refuses an empty one (an
-    /// `expire` without a policy deletes nothing by accident).
+    /// The policy from the command line; refuses an empty one (an `expire` without a policy
+    /// deletes nothing by accident).
     pub fn resolve(keep_backups: Option<u32>, keep_within: Option<&str>) -> Result<Policy, Failure> {
-        let usage = |m: String| Failure::msg(FailureKind::Usage, m);
-        if keep_backups == Some(0) {
-            return Err(usage("keep-backups must be at least 1: the newest backup is never expired".into()));
+        Policy::resolve_from(keep_backups.map(|n| (n, Source::Flag)), keep_within.map(|w| (w, Source::Flag)))
+    }
+
+    /// The policy from values that say where they came from: a bad one is a usage error (2)
+    /// from a flag or its variable, a configuration error (7) from `pitr.toml`; the message
+    /// names the flag, variable or file.
+    pub fn resolve_from(
+        keep_backups: Option<(u32, Source)>,
+        keep_within: Option<(&str, Source)>,
+    ) -> Result<Policy, Failure> {
+        let bad = |key: &str, source: &Source, m: String| {
+            let kind = if matches!(source, Source::File(_)) { FailureKind::Config } else { FailureKind::Usage };
+            Failure::msg(kind, format!("{m} (from {})", Origin { key, source }))
+        };
+        if let Some((0, source)) = &keep_backups {
+            return Err(bad(
+                "keep-backups",
+                source,
+                "keep-backups must be at least 1: the newest backup is never expired".into(),
+            ));
         }
         let keep_within = match keep_within {
-            Some(s) => {
-                let d = humantime::parse_duration(s.trim())
-                    .map_err(|e| usage(format!("invalid keep-within {s:?}: {e} (use e.g. 7d, 36h, 2weeks)")))?;
-                Some(d)
-            }
+            Some((s, source)) => Some(humantime::parse_duration(s.trim()).map_err(|e| {
+                bad("keep-within", &source, format!("invalid keep-within {s:?}: {e} (use e.g. 7d, 36h, 2weeks)"))
+            })?),
             None => None,
         };
+        let keep_backups = keep_backups.map(|(n, _)| n);
         if keep_backups.is_none() && keep_within.is_none() {
-            return Err(usage(
+            return Err(Failure::msg(
+                FailureKind::Usage,
                 "no retention policy: give --keep-backups N and/or --keep-within DURATION \
-                 (or keep-backups / keep-within in pitr.toml)"
-                    .into(),
+                 (or keep-backups / keep-within in pitr.toml)",
             ));
         }
         Ok(Policy { keep_backups, keep_within })
@@ -597,6 +613,24 @@ mod tests {
         assert_eq!(e.kind, FailureKind::Usage);
         assert!(e.to_string().contains("keep-within"), "{e}");
         assert_eq!(policy(None, Some("7d")).keep_within, Some(Duration::from_secs(7 * 86400)));
+    }
+
+    /// A bad value is a usage error from a flag or its variable, a configuration error from
+    /// the file, and the message says which to fix.
+    #[test]
+    fn a_bad_value_is_judged_by_where_it_came_from() {
+        let file = Source::File("/etc/pitr/pitr.toml".into());
+        let e = Policy::resolve_from(Some((0, file.clone())), None).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        assert!(e.to_string().contains("keep-backups in /etc/pitr/pitr.toml"), "{e}");
+        let e = Policy::resolve_from(Some((0, Source::Flag)), None).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Usage);
+        assert!(e.to_string().contains("--keep-backups"), "{e}");
+        let e = Policy::resolve_from(None, Some(("soon", Source::Env))).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Usage);
+        assert!(e.to_string().contains("PITR_KEEP_WITHIN"), "{e}");
+        let e = Policy::resolve_from(Some((2, Source::Flag)), Some(("soon", file))).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config, "the file's bad value, though a flag is fine");
     }
 
     #[test]

@@ -50,22 +50,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Command::List { json } => list::list(&config, json).await,
             Command::Verify { id, all } => verify::verify(&config, id, all).await,
             Command::Expire { keep_backups, keep_within, dry_run, json } => {
-                // A bad value that came from pitr.toml is a configuration error (exit 7).
-                let from_file = keep_backups.is_none() && keep_within.is_none();
-                let policy = expire::Policy::resolve(
-                    keep_backups.or(config.keep_backups),
-                    keep_within.as_deref().or(config.keep_within.as_deref()),
-                )
-                .map_err(|f| {
-                    if from_file && (config.keep_backups.is_some() || config.keep_within.is_some()) {
-                        common::exit::Failure::msg(
-                            common::exit::FailureKind::Config,
-                            format!("configuration file: {f}"),
-                        )
-                    } else {
-                        f
-                    }
-                })?;
+                // Each value with where it came from: a flag (or its variable) beats the file.
+                let flags = &cli.repo.sources;
+                let keep_backups = match keep_backups {
+                    Some(n) => Some((n, flags.get("keep-backups"))),
+                    None => config.keep_backups.map(|n| (n, config.source("keep-backups"))),
+                };
+                let keep_within = match &keep_within {
+                    Some(w) => Some((w.as_str(), flags.get("keep-within"))),
+                    None => config.keep_within.as_deref().map(|w| (w, config.source("keep-within"))),
+                };
+                let policy = expire::Policy::resolve_from(keep_backups, keep_within)?;
                 expire::expire(&config, policy, dry_run, json).await
             }
         }

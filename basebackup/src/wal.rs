@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use common::exit::Failure;
 use common::repository::Repository;
+use common::retry::Backoff;
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
 
 /// The first segment of `first..=last` on `timeline` that is not in the repository.
@@ -45,7 +46,7 @@ pub async fn wait_for(
 ) -> Result<Option<WalFileName>, Failure> {
     let deadline = Instant::now() + timeout;
     let mut next = first;
-    let mut pause = FIRST_PAUSE;
+    let mut pause = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
     loop {
         match first_missing(repo, timeline, next, last, size).await? {
             None => return Ok(None),
@@ -55,8 +56,7 @@ pub async fn wait_for(
                     return Ok(Some(missing));
                 }
                 on_wait(&missing);
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-                pause = (pause * 2).min(MAX_PAUSE);
+                tokio::time::sleep(pause.next_delay().min(deadline.saturating_duration_since(Instant::now()))).await;
             }
         }
     }

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::lsn::Lsn;
 use crate::repository::{Repository, RepositoryError};
 use crate::retry::retry;
-use crate::storage::{read_all, ObjectInfo, ObjectKey};
 use crate::wal::{SystemId, TimelineId};
+use storage::{read_all, ObjectInfo, ObjectKey};
 
 /// Catalog format version written by this pitr.
 pub const CATALOG_VERSION: u32 = 1;
@@ -198,7 +198,7 @@ pub async fn read_backup_object(
     use crate::exit::{Failure, FailureKind};
     match retry(repo.retry_policy(), "read backup object", || read_all(repo.storage().as_ref(), key)).await {
         Ok(b) => Ok(b),
-        Err(crate::storage::StorageError::NotFound { .. }) => Err(Failure::msg(
+        Err(storage::StorageError::NotFound { .. }) => Err(Failure::msg(
             FailureKind::Corrupt,
             format!("backup {id}: {what} ({key}) is missing from the repository"),
         )),

@@ -4,18 +4,30 @@
 
 use clap::Parser;
 
+use crate::config::{ArgSources, RepoArgs};
 use crate::exit::{Failure, FailureKind};
 
-/// Parses the command line into `C`; on `--help`/`--version` prints and returns `Err(0)`,
-/// on a usage error prints it and returns `Err(usage_code)`.
-pub fn parse<C: Parser>(usage_code: u8) -> Result<C, u8> {
-    C::try_parse().map_err(|e| {
+/// A command line that carries the shared repository flags.
+pub trait WithRepoArgs {
+    /// Its [`RepoArgs`].
+    fn repo_args(&mut self) -> &mut RepoArgs;
+}
+
+/// Parses the command line into `C`, recording which repository settings came from a flag
+/// and which from the environment; on `--help`/`--version` prints and returns `Err(0)`, on a
+/// usage error prints it and returns `Err(usage_code)`.
+pub fn parse<C: Parser + WithRepoArgs>(usage_code: u8) -> Result<C, u8> {
+    let fail = |e: clap::Error| {
         let _ = e.print();
         match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
             _ => usage_code,
         }
-    })
+    };
+    let matches = C::command().try_get_matches().map_err(fail)?;
+    let mut cli = C::from_arg_matches(&matches).map_err(fail)?;
+    cli.repo_args().sources = ArgSources::from_matches(&matches);
+    Ok(cli)
 }
 
 /// A multi-threaded runtime with `workers` threads (for commands whose transfers overlap).

@@ -5,7 +5,15 @@
 //! [`Config::resolve`] fills the gaps from the file, validates everything once and yields the
 //! only configuration libraries see. Secrets never live here: S3 credentials come from the
 //! standard AWS variables and profiles.
+//!
+//! The configuration knows where each value came from ([`Source`]: a flag, a `PITR_*`
+//! variable, the file, the default). Error messages name it, so an operator knows which of
+//! the three to fix, and a command that treats a bad flag differently from a bad file value
+//! (`basebackup expire`: usage error 2 against configuration error 7) asks
+//! [`Config::source`] instead of guessing.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,16 +23,121 @@ use crate::codec::CompressOptions;
 use crate::exit::{Failure, FailureKind};
 use crate::repository::{valid_cluster_name, Repository};
 use crate::retry::RetryPolicy;
-use crate::storage::local::LocalStorage;
-use crate::storage::s3::{S3Config, S3Options, S3Storage};
-use crate::storage::Storage;
+use storage::local::LocalStorage;
+use storage::s3::{S3Config, S3Options, S3Storage};
+use storage::Storage;
 
 /// Where the configuration file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pitr/pitr.toml";
 
+/// A libpq connection string or URI (`--dbname`, `dbname` in `pitr.toml`). It may hold a
+/// password, so its `Debug` form only says that it is set; the programs never log it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ConnString(String);
+
+impl ConnString {
+    /// The text, for the connection code that parses it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for ConnString {
+    fn from(s: String) -> Self {
+        ConnString(s)
+    }
+}
+
+impl std::ops::Deref for ConnString {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConnString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnString(<redacted>)")
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// A `PITR_*` environment variable.
+    Env,
+    /// The configuration file at this path.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+/// A setting's value with where it came from, for messages: `--compress-level`,
+/// `PITR_COMPRESS_LEVEL`, `compress-level in /etc/pitr/pitr.toml`, `the default`.
+#[derive(Debug)]
+pub struct Origin<'a> {
+    /// The setting's name (its key in `pitr.toml`, its flag without dashes).
+    pub key: &'a str,
+    /// Where its value came from.
+    pub source: &'a Source,
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.source {
+            Source::Flag => write!(f, "--{}", self.key),
+            Source::Env => write!(f, "PITR_{}", self.key.replace('-', "_").to_ascii_uppercase()),
+            Source::File(p) => write!(f, "{} in {}", self.key, p.display()),
+            Source::Default => write!(f, "the default {}", self.key),
+        }
+    }
+}
+
+/// Which of the flags of [`RepoArgs`] were given on the command line and which came from
+/// their environment variable (clap knows; the derived struct alone does not). Filled by
+/// [`crate::cmdline::parse`]; empty when a `RepoArgs` is built in code, whose values then
+/// count as flags.
+#[derive(Debug, Clone, Default)]
+pub struct ArgSources(BTreeMap<String, Source>);
+
+impl ArgSources {
+    /// The sources of every argument in `matches` and its subcommands' matches.
+    pub fn from_matches(matches: &clap::ArgMatches) -> Self {
+        let mut out = BTreeMap::new();
+        let mut m = Some(matches);
+        while let Some(cur) = m {
+            for id in cur.ids() {
+                let source = match cur.value_source(id.as_str()) {
+                    Some(clap::parser::ValueSource::CommandLine) => Source::Flag,
+                    Some(clap::parser::ValueSource::EnvVariable) => Source::Env,
+                    _ => continue,
+                };
+                // A flag beats its variable, wherever it was seen.
+                if out.get(id.as_str()) != Some(&Source::Flag) {
+                    out.insert(id.as_str().to_string(), source);
+                }
+            }
+            m = cur.subcommand().map(|(_, sub)| sub);
+        }
+        ArgSources(out)
+    }
+
+    /// Where the value of the argument `key` (kebab-case) came from: a flag unless clap said
+    /// it was the environment.
+    pub fn get(&self, key: &str) -> Source {
+        self.0.get(&key.replace('-', "_")).cloned().unwrap_or(Source::Flag)
+    }
+}
+
 /// Flags (and their environment variables) common to every pitr command.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RepoArgs {
+    /// Where each given value came from (flag or environment).
+    #[arg(skip)]
+    pub sources: ArgSources,
     /// Configuration file [default: /etc/pitr/pitr.toml when present].
     #[arg(long, env = "PITR_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
@@ -99,7 +212,7 @@ pub struct FileConfig {
     /// See [`RepoArgs::push_ahead`].
     pub push_ahead: Option<u32>,
     /// Connection string for `receive` and `basebackup` (read by those programs).
-    pub dbname: Option<String>,
+    pub dbname: Option<ConnString>,
     /// Where `receive` serves its metrics and health endpoint (`IP:PORT`).
     pub metrics_listen: Option<String>,
     /// `basebackup expire`: how many of the newest backups to keep.
@@ -165,9 +278,14 @@ pub struct S3Settings {
     pub timeout: std::time::Duration,
 }
 
-/// Validated configuration.
-#[derive(Debug, Clone)]
+/// Validated configuration. Its `Debug` leaves out the connection string, which may hold a
+/// password.
+#[derive(Clone)]
 pub struct Config {
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Where each setting's value came from (see [`Config::source`]).
+    sources: BTreeMap<&'static str, Source>,
     /// The repository (a local path is absolute: a relative one was resolved against the
     /// current directory, see [`Config::repo_was_relative`]).
     pub repo: RepoLocation,
@@ -190,7 +308,7 @@ pub struct Config {
     /// Parallel look-ahead pushes.
     pub push_ahead: u32,
     /// The connection string from the file, if any.
-    pub dbname: Option<String>,
+    pub dbname: Option<ConnString>,
     /// `receive`'s metrics address from the file, if any.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `basebackup expire`'s `keep-backups` from the file, if any.
@@ -199,21 +317,69 @@ pub struct Config {
     pub keep_within: Option<String>,
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("file", &self.file)
+            .field("repo", &self.repo)
+            .field("cluster", &self.cluster)
+            .field("compress", &self.compress)
+            .field("s3", &self.s3)
+            .field("pgdata", &self.pgdata)
+            .field("retry", &self.retry)
+            .field("prefetch", &self.prefetch)
+            .field("push_ahead", &self.push_ahead)
+            .field("dbname", &self.dbname)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("keep_backups", &self.keep_backups)
+            .field("keep_within", &self.keep_within)
+            .finish_non_exhaustive()
+    }
+}
+
 fn config_error(msg: impl std::fmt::Display) -> Failure {
     Failure::msg(FailureKind::Config, msg)
 }
 
-/// Reads `pitr.toml` from `explicit` (which must exist) or the default path (if present).
-pub fn load_file(explicit: Option<&Path>) -> Result<FileConfig, Failure> {
+/// Reads `pitr.toml` from `explicit` (which must exist) or the default path (if present);
+/// returns it with the path that was read.
+pub fn load_file(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>), Failure> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
-        None => return Ok(FileConfig::default()),
+        None => return Ok((FileConfig::default(), None)),
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| config_error(format!("cannot read configuration file {}: {e}", path.display())))?;
-    toml::from_str(&text)
-        .map_err(|e| config_error(format!("configuration file {}: {}", path.display(), e.message().trim())))
+    let file = toml::from_str(&text)
+        .map_err(|e| config_error(format!("configuration file {}: {}", path.display(), e.message().trim())))?;
+    Ok((file, Some(path)))
+}
+
+/// Picks each setting from the flags (or their variables), else the file, else the default,
+/// and records where it came from.
+struct Picker<'a> {
+    args: &'a ArgSources,
+    file: Option<PathBuf>,
+    sources: BTreeMap<&'static str, Source>,
+}
+
+impl Picker<'_> {
+    fn pick<T>(&mut self, key: &'static str, arg: Option<T>, file: Option<T>) -> Option<T> {
+        let (value, source) = match (arg, file) {
+            (Some(v), _) => (Some(v), self.args.get(key)),
+            (None, Some(v)) => (Some(v), Source::File(self.file.clone().unwrap_or_default())),
+            (None, None) => (None, Source::Default),
+        };
+        self.sources.insert(key, source);
+        value
+    }
+
+    /// A configuration error about `key`'s value, naming where it came from.
+    fn bad(&self, key: &'static str, message: impl fmt::Display) -> Failure {
+        let source = self.sources.get(key).unwrap_or(&Source::Default);
+        config_error(format!("{message} (from {})", Origin { key, source }))
+    }
 }
 
 /// `url` with the user information of its authority (`user:password@`) replaced by `***`,
@@ -237,9 +403,14 @@ impl std::fmt::Display for RepoLocation {
 }
 
 impl Config {
-    /// The `PITR_*` environment that makes a child process resolve this same configuration.
+    /// The `PITR_*` environment that gives a background worker (a child process) this same
+    /// configuration: every value this one resolved, and the same configuration file for the
+    /// keys only the file sets (`/dev/null`, an empty file, when none was read, so that the
+    /// worker never reads a default file its parent did not).
     pub fn to_env(&self) -> Vec<(String, String)> {
+        let file = self.file.as_deref().unwrap_or(Path::new("/dev/null"));
         let mut env = vec![
+            ("PITR_CONFIG".to_string(), file.display().to_string()),
             ("PITR_REPO".to_string(), self.repo.to_string()),
             ("PITR_CLUSTER".to_string(), self.cluster.clone()),
             ("PITR_COMPRESS_LEVEL".to_string(), self.compress.level.to_string()),
@@ -261,94 +432,121 @@ impl Config {
 
     /// Merges flags/env with the file and validates the result.
     pub fn resolve(args: &RepoArgs) -> Result<Config, Failure> {
-        let file = load_file(args.config.as_deref())?;
-        let repo = args.repo.clone().or(file.repo).ok_or_else(|| {
+        let (file, file_path) = load_file(args.config.as_deref())?;
+        let mut p = Picker { args: &args.sources, file: file_path.clone(), sources: BTreeMap::new() };
+        let repo = p.pick("repo", args.repo.clone(), file.repo).ok_or_else(|| {
             config_error(
                 "no repository configured: pass --repo DIR|s3://bucket/prefix, set PITR_REPO, or set repo in pitr.toml",
             )
         })?;
         if let Some(c) = repo.chars().find(|c| c.is_control()) {
-            return Err(config_error(format!(
-                "invalid repository {repo:?}: it contains the control character {c:?} (a newline cannot be written \
-                 into restore_command or postgresql.conf)"
-            )));
+            return Err(p.bad(
+                "repo",
+                format!(
+                    "invalid repository {repo:?}: it contains the control character {c:?} (a newline cannot be \
+                     written into restore_command or postgresql.conf)"
+                ),
+            ));
         }
-        let mut repo = RepoLocation::parse(&repo).map_err(|e| config_error(format!("invalid repository: {e}")))?;
+        let mut repo = RepoLocation::parse(&repo).map_err(|e| p.bad("repo", format!("invalid repository: {e}")))?;
         let mut repo_was_relative = false;
-        if let RepoLocation::Local(p) = &mut repo {
-            if p.is_relative() {
+        if let RepoLocation::Local(path) = &mut repo {
+            if path.is_relative() {
                 repo_was_relative = true;
-                *p = std::path::absolute(&*p).map_err(|e| config_error(format!("repository {}: {e}", p.display())))?;
+                *path = std::path::absolute(&*path)
+                    .map_err(|e| p.bad("repo", format!("repository {}: {e}", path.display())))?;
             }
         }
-        let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "main".to_string());
+        let cluster = p.pick("cluster", args.cluster.clone(), file.cluster).unwrap_or_else(|| "main".to_string());
         if !valid_cluster_name(&cluster) {
-            return Err(config_error(format!("invalid cluster name {cluster:?}: use 1-64 of A-Z a-z 0-9 _ . -")));
+            return Err(p.bad("cluster", format!("invalid cluster name {cluster:?}: use 1-64 of A-Z a-z 0-9 _ . -")));
         }
-        let level = args.compress_level.or(file.compress_level).unwrap_or(3);
+        let level = p.pick("compress-level", args.compress_level, file.compress_level).unwrap_or(3);
         if !(-7..=22).contains(&level) || level == 0 {
-            return Err(config_error(format!(
-                "invalid compress-level {level}: use 1 to 19 (or -7 to -1 for faster, 20-22 for smaller)"
-            )));
+            return Err(p.bad(
+                "compress-level",
+                format!("invalid compress-level {level}: use 1 to 19 (or -7 to -1 for faster, 20-22 for smaller)"),
+            ));
         }
         // 0 by default: zstd workers compress a file in independent jobs, which stores WAL
         // 0.2-1.2% larger (benches/RESULTS.md); push-ahead already keeps the cores busy.
-        let compress_threads = args.compress_threads.or(file.compress_threads);
+        let compress_threads = p.pick("compress-threads", args.compress_threads, file.compress_threads);
         let workers = compress_threads.unwrap_or(0);
         if workers > 64 {
-            return Err(config_error(format!("invalid compress-threads {workers}: at most 64")));
+            return Err(p.bad("compress-threads", format!("invalid compress-threads {workers}: at most 64")));
         }
-        let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint);
-        let path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some());
-        let timeout = args.s3_timeout.or(file.s3_timeout).unwrap_or(60);
+        let endpoint = p.pick("s3-endpoint", args.s3_endpoint.clone(), file.s3_endpoint);
+        let path_style = p.pick("s3-path-style", args.s3_path_style, file.s3_path_style).unwrap_or(endpoint.is_some());
+        let timeout = p.pick("s3-timeout", args.s3_timeout, file.s3_timeout).unwrap_or(60);
         if !(1..=3600).contains(&timeout) {
-            return Err(config_error(format!("invalid s3-timeout {timeout}: use 1 to 3600 seconds")));
+            return Err(p.bad("s3-timeout", format!("invalid s3-timeout {timeout}: use 1 to 3600 seconds")));
         }
         let s3 = S3Settings {
             endpoint,
-            region: args.s3_region.clone().or(file.s3_region),
+            region: p.pick("s3-region", args.s3_region.clone(), file.s3_region),
             path_style,
             timeout: std::time::Duration::from_secs(u64::from(timeout)),
         };
-        let retries = args.retries.or(file.retries).unwrap_or(RetryPolicy::default().retries);
-        let metrics_listen = match &file.metrics_listen {
+        let retries = p.pick("retries", args.retries, file.retries).unwrap_or(RetryPolicy::default().retries);
+        let metrics_listen = match p.pick("metrics-listen", None, file.metrics_listen) {
             Some(a) => Some(a.parse().map_err(|_| {
-                config_error(format!(
-                    "invalid metrics-listen {a:?} in the configuration file: use IP:PORT, e.g. 127.0.0.1:9857"
-                ))
+                p.bad("metrics-listen", format!("invalid metrics-listen {a:?}: use IP:PORT, e.g. 127.0.0.1:9857"))
             })?),
             None => None,
         };
         if let Some(e) = &s3.endpoint {
             if let Some(redacted) = redact_userinfo(e) {
-                return Err(config_error(format!(
-                    "invalid s3-endpoint {redacted}: credentials do not belong in the endpoint URL (they would end up \
-                     in logs and in restore_command); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an \
-                     AWS profile"
-                )));
+                return Err(p.bad(
+                    "s3-endpoint",
+                    format!(
+                        "invalid s3-endpoint {redacted}: credentials do not belong in the endpoint URL (they would end \
+                         up in logs and in restore_command); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY \
+                         or an AWS profile"
+                    ),
+                ));
             }
         }
-        for (what, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region)] {
+        for (key, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region)] {
             if v.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
-                return Err(config_error(format!("invalid {what}: it contains a control character")));
+                return Err(p.bad(key, format!("invalid {key}: it contains a control character")));
             }
         }
+        let pgdata = p.pick("pgdata", args.pgdata.clone(), file.pgdata);
+        let prefetch = p.pick("prefetch", args.prefetch, file.prefetch).unwrap_or(8).min(256);
+        let push_ahead = p.pick("push-ahead", args.push_ahead, file.push_ahead).unwrap_or(2).min(32);
+        let dbname = p.pick("dbname", None, file.dbname);
+        let keep_backups = p.pick("keep-backups", None, file.keep_backups);
+        let keep_within = p.pick("keep-within", None, file.keep_within);
         Ok(Config {
+            file: file_path,
+            sources: p.sources,
             repo,
             repo_was_relative,
             cluster,
             compress: CompressOptions { level, workers },
             compress_threads,
             s3,
-            pgdata: args.pgdata.clone().or(file.pgdata),
+            pgdata,
             retry: RetryPolicy::with_retries(retries),
-            prefetch: args.prefetch.or(file.prefetch).unwrap_or(8).min(256),
-            push_ahead: args.push_ahead.or(file.push_ahead).unwrap_or(2).min(32),
-            dbname: file.dbname,
+            prefetch,
+            push_ahead,
+            dbname,
             metrics_listen,
-            keep_backups: file.keep_backups,
-            keep_within: file.keep_within,
+            keep_backups,
+            keep_within,
         })
+    }
+
+    /// Where the value of `key` (a `pitr.toml` key: `compress-level`, `keep-within`, …) came
+    /// from; [`Source::Default`] for a key that was not set.
+    pub fn source(&self, key: &str) -> Source {
+        self.sources.get(key).cloned().unwrap_or(Source::Default)
+    }
+
+    /// `key` with where its value came from, for messages (`--keep-within`,
+    /// `keep-within in /etc/pitr/pitr.toml`).
+    pub fn origin<'a>(&'a self, key: &'a str) -> Origin<'a> {
+        Origin { key, source: self.sources.get(key).unwrap_or(&Source::Default) }
     }
 
     /// Refuses a repository given as a relative path, for commands that PostgreSQL runs
@@ -537,5 +735,96 @@ mod tests {
         let c = Config::resolve(&RepoArgs { config: Some(f), ..Default::default() }).unwrap();
         assert_eq!(c.keep_backups, Some(3));
         assert_eq!(c.keep_within.as_deref(), Some("7d"));
+    }
+
+    /// Each value remembers where it came from, and an error names it.
+    #[test]
+    fn values_know_where_they_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"/x\"\ncompress-level = 0\ndbname = \"host=h password=hunter2\"\n").unwrap();
+        let e = Config::resolve(&RepoArgs { config: Some(f.clone()), ..Default::default() }).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        assert!(e.to_string().contains(&format!("from compress-level in {}", f.display())), "{e}");
+
+        let mut args =
+            RepoArgs { config: Some(f.clone()), compress_level: Some(5), retries: Some(1), ..Default::default() };
+        args.sources.0.insert("retries".into(), Source::Env);
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.source("repo"), Source::File(f.clone()));
+        assert_eq!(c.source("compress-level"), Source::Flag);
+        assert_eq!(c.source("retries"), Source::Env);
+        assert_eq!(c.source("prefetch"), Source::Default);
+        assert_eq!(c.origin("retries").to_string(), "PITR_RETRIES");
+        assert_eq!(c.origin("compress-level").to_string(), "--compress-level");
+        assert_eq!(c.origin("dbname").to_string(), format!("dbname in {}", f.display()));
+
+        args.compress_level = Some(99);
+        let e = Config::resolve(&args).unwrap_err();
+        assert!(e.to_string().contains("from --compress-level"), "{e}");
+        args.compress_level = Some(5);
+        args.sources.0.insert("s3_timeout".into(), Source::Env);
+        args.s3_timeout = Some(0);
+        let e = Config::resolve(&args).unwrap_err();
+        assert!(e.to_string().contains("from PITR_S3_TIMEOUT"), "{e}");
+    }
+
+    /// The connection string (which may hold a password) never shows in `Debug`.
+    #[test]
+    fn debug_leaves_out_the_connection_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"/x\"\ndbname = \"host=h password=hunter2\"\n").unwrap();
+        let c = Config::resolve(&RepoArgs { config: Some(f), ..Default::default() }).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && dbg.contains("<redacted>"), "{dbg}");
+        let file = load_file(Some(&dir.path().join("pitr.toml"))).unwrap();
+        assert!(!format!("{file:?}").contains("hunter2"));
+        assert_eq!(c.dbname.as_deref(), Some("host=h password=hunter2"));
+    }
+
+    /// A background worker gets its parent's file, or an empty one: never a default file its
+    /// parent did not read.
+    #[test]
+    fn workers_get_the_parents_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("other.toml");
+        std::fs::write(&f, "repo = \"/x\"\n").unwrap();
+        let c = Config::resolve(&RepoArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_CONFIG"], f.display().to_string());
+        let c = Config::resolve(&RepoArgs {
+            config: Some("/dev/null".into()),
+            repo: Some("/y".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_CONFIG"], "/dev/null");
+        let c = Config::resolve(&RepoArgs { repo: Some("/y".into()), ..Default::default() });
+        if Path::new(DEFAULT_CONFIG_PATH).exists() {
+            return;
+        }
+        let env: std::collections::HashMap<_, _> = c.unwrap().to_env().into_iter().collect();
+        assert_eq!(env["PITR_CONFIG"], "/dev/null");
+    }
+
+    /// clap says which flags came from the command line and which from their variable.
+    #[test]
+    fn argument_sources_from_clap() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            repo: RepoArgs,
+        }
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Cli::command();
+        // PITR_RETRIES is not set in the test environment; --retries is a flag here.
+        let m = cmd.try_get_matches_from(["x", "--repo", "/r", "--retries", "2"]).unwrap();
+        let mut cli = Cli::from_arg_matches(&m).unwrap();
+        cli.repo.sources = ArgSources::from_matches(&m);
+        assert_eq!(cli.repo.sources.get("repo"), Source::Flag);
+        assert_eq!(cli.repo.sources.get("retries"), Source::Flag);
+        assert!(!cli.repo.sources.0.contains_key("cluster"));
     }
 }

@@ -81,17 +81,41 @@ pub struct Failure {
     pub kind: FailureKind,
     /// The error chain, printed on one line.
     pub error: anyhow::Error,
+    /// See [`Failure::is_transient`].
+    transient: bool,
 }
 
 impl Failure {
     /// A failure of `kind`.
     pub fn new(kind: FailureKind, error: impl Into<anyhow::Error>) -> Self {
-        Failure { kind, error: error.into() }
+        Failure { kind, error: error.into(), transient: false }
     }
 
     /// A failure of `kind` with a message.
     pub fn msg(kind: FailureKind, message: impl fmt::Display) -> Self {
-        Failure { kind, error: anyhow::anyhow!("{message}") }
+        Failure { kind, error: anyhow::anyhow!("{message}"), transient: false }
+    }
+
+    /// Marks the cause as one that may pass by itself: see [`Failure::is_transient`].
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Whether the cause may pass by itself, without anyone changing the configuration or the
+    /// data: a repository that could not be reached or answered with errors after the
+    /// request's retries, a local file that could not be read or written, a server that
+    /// closed the connection. A daemon (the receiver) tries again later after such a failure
+    /// and stops after any other. Set where the failure is built from its cause (the `From`
+    /// conversions below from each layer's error, or [`Failure::transient`]), never derived
+    /// from the kind: moving a failure to another exit code does not change what is retried.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// The same failure (kind, transience) with `context` before its message.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        Failure { error: self.error.context(context.to_string()), ..self }
     }
 
     /// Exit status for commands other than `get`.
@@ -115,9 +139,9 @@ impl fmt::Display for Failure {
     }
 }
 
-impl From<crate::storage::StorageError> for Failure {
-    fn from(e: crate::storage::StorageError) -> Self {
-        use crate::storage::StorageError as E;
+impl From<storage::StorageError> for Failure {
+    fn from(e: storage::StorageError) -> Self {
+        use storage::StorageError as E;
         let kind = match &e {
             E::NotFound { .. } => FailureKind::NotFound,
             E::AlreadyExists { .. } => FailureKind::Conflict,
@@ -125,7 +149,10 @@ impl From<crate::storage::StorageError> for Failure {
             E::Io { .. } | E::Remote { .. } => FailureKind::Storage,
             E::Config(_) => FailureKind::Config,
         };
-        Failure::new(kind, e)
+        // An answer about the object (absent, present, a bad name) will be the same next time;
+        // a failed request or I/O may not.
+        let transient = matches!(e, E::Io { .. } | E::Remote { .. });
+        Failure { transient, ..Failure::new(kind, e) }
     }
 }
 
@@ -136,7 +163,8 @@ impl From<crate::codec::CodecError> for Failure {
             E::Io(_) => FailureKind::LocalIo,
             _ => FailureKind::Corrupt,
         };
-        Failure::new(kind, e)
+        let transient = matches!(e, E::Io(_));
+        Failure { transient, ..Failure::new(kind, e) }
     }
 }
 
@@ -146,7 +174,8 @@ impl From<crate::pgwire::PgWireError> for Failure {
             crate::pgwire::PgWireError::Config(_) => FailureKind::Config,
             _ => FailureKind::Server,
         };
-        Failure::new(kind, e)
+        let transient = e.is_retryable();
+        Failure { transient, ..Failure::new(kind, e) }
     }
 }
 
@@ -165,5 +194,21 @@ mod tests {
             assert!(Failure::msg(k, "x").exit_code() <= 125, "{k:?}");
         }
         assert_eq!(Failure::msg(FailureKind::NotFound, "x").get_exit_code(), 1);
+    }
+
+    #[test]
+    fn transience_comes_from_the_cause_not_the_kind() {
+        use storage::StorageError;
+        let io = || std::io::Error::other("disk gone");
+        let remote = StorageError::Remote { op: "put", key: "k".into(), message: "503".into(), retryable: true };
+        assert!(Failure::from(remote).is_transient());
+        assert!(Failure::from(StorageError::Io { op: "read", path: "k".into(), error: io() }).is_transient());
+        assert!(!Failure::from(StorageError::NotFound { key: "k".into() }).is_transient());
+        assert!(!Failure::from(StorageError::AlreadyExists { key: "k".into() }).is_transient());
+        assert!(Failure::from(crate::codec::CodecError::Io(io())).is_transient());
+        assert!(!Failure::msg(FailureKind::Storage, "x").is_transient(), "a kind alone says nothing");
+        let f = Failure::msg(FailureKind::LocalIo, "x").transient().context("reading y");
+        assert!(f.is_transient() && f.kind == FailureKind::LocalIo);
+        assert_eq!(f.to_string(), "reading y: x");
     }
 }

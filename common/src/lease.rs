@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::repository::{Repository, RepositoryError};
 use crate::retry::retry;
-use crate::storage::{read_all, Body, ObjectKey, PutMode, StorageError};
+use storage::{read_all, Body, ObjectKey, PutMode, StorageError};
 
 /// One process of one host, at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,7 +209,7 @@ mod tests {
 
     use super::*;
     use crate::retry::RetryPolicy;
-    use crate::storage::memory::MemoryStorage;
+    use storage::memory::MemoryStorage;
 
     #[tokio::test]
     async fn only_one_owner_gets_the_object_and_recognises_it_again() {

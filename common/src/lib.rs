@@ -1,8 +1,13 @@
-//! What pitr's programs share: the PostgreSQL WAL vocabulary ([`lsn`], [`wal`]), the storage
-//! trait and its backends ([`storage`]), compression with digests ([`codec`]), the repository
-//! layout ([`repository`]), the backup catalog ([`catalog`]), PostgreSQL's backup manifest
-//! ([`manifest`]), a streaming tar reader ([`tar`]), configuration ([`config`]), who holds what in a repository ([`lease`]), what every `main` shares ([`cmdline`]), retries
-//! ([`retry`]), exit codes ([`exit`]) and logging setup ([`telemetry`]).
+//! What pitr's programs share above the lower crates, by layer: compression with digests
+//! ([`codec`]); the failure vocabulary with the exit-code table ([`exit`]) and retries
+//! ([`retry`]); the repository layout ([`repository`]), the backup catalog ([`catalog`]) and who
+//! holds what in a repository ([`lease`]); the process edge: configuration ([`config`]), what
+//! every `main` shares ([`cmdline`]) and logging setup ([`telemetry`]). No module imports one
+//! of a higher layer (`tests/tests/architecture.rs`).
+//!
+//! The lower crates are re-exported under the names the programs use: PostgreSQL's formats
+//! ([`lsn`], [`wal`], [`manifest`], [`tar`] from `pitr-formats`), the wire client ([`pgwire`])
+//! and the storage backends ([`storage`]).
 
 pub mod catalog;
 pub mod cmdline;
@@ -12,12 +17,11 @@ pub mod exit;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod lease;
-pub mod lsn;
-pub mod manifest;
-pub mod pgwire;
 pub mod repository;
 pub mod retry;
-pub mod storage;
-pub mod tar;
 pub mod telemetry;
-pub mod wal;
+
+// The layers below, under the names the programs use.
+pub use formats::{lsn, manifest, tar, wal};
+pub use pgwire;
+pub use storage;

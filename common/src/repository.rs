@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{header_len, ObjectHeader, HEADER_LEN};
 use crate::lsn::Lsn;
 use crate::retry::{retry, RetryPolicy};
-use crate::storage::{read_all, Body, ObjectKey, PutMode, Storage, StorageError};
 use crate::wal::history::{self, HistoryEntry};
 use crate::wal::record::SegmentSummary;
 use crate::wal::{PgMajor, SystemId, TimelineId, WalFileKind, WalFileName, WalSegmentSize};
+use storage::{read_all, Body, ObjectKey, PutMode, Storage, StorageError};
 
 /// What the repository knows about the cluster whose WAL it holds; written once, by the
 /// first push, and checked by every later one.
@@ -278,8 +278,8 @@ impl From<RepositoryError> for crate::exit::Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::memory::MemoryStorage;
     use crate::wal::TimelineId;
+    use storage::memory::MemoryStorage;
 
     fn repo() -> Repository {
         Repository::new(Arc::new(MemoryStorage::new()), "main", RetryPolicy::with_retries(0))
@@ -333,8 +333,8 @@ mod tests {
     #[tokio::test]
     async fn headers_and_summaries_with_one_read_or_two() {
         use crate::lsn::Lsn;
-        use crate::storage::faulty::FaultyStorage;
         use crate::wal::record::{PgTimestamp, RestorePoint};
+        use storage::faulty::FaultyStorage;
 
         let storage = Arc::new(FaultyStorage::new(Arc::new(MemoryStorage::new())));
         let r = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));

@@ -1,130 +1,83 @@
-//! The single retry helper: exponential backoff for errors that say they are retryable.
-//!
-//! Every remote call goes through [`retry`], so the policy (attempts, delays) is set in one
-//! place by configuration (`retries`), and tests can make it fast.
+//! Retries for the commands: the storage layer's helper ([`retry`], [`Backoff`], the
+//! [`Retryable`] trait that each layer's error implements), and [`retry_attempts`] for
+//! operations larger than one request, whose failures are already a command's [`Failure`].
+
+pub use storage::retry::*;
 
 use std::future::Future;
-use std::time::Duration;
 
-use crate::storage::StorageError;
-
-/// How often and how patiently to retry.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts after the first one.
-    pub retries: u32,
-    /// Delay before the first retry; doubled each time.
-    pub base_delay: Duration,
-    /// Upper bound of one delay.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { retries: 4, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(5) }
-    }
-}
-
-impl RetryPolicy {
-    /// A policy with `retries` retries and the default delays.
-    pub fn with_retries(retries: u32) -> Self {
-        RetryPolicy { retries, ..Default::default() }
-    }
-}
-
-/// Runs `op` until it succeeds, fails with a non-retryable error, or the retries run out.
-pub async fn retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, StorageError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StorageError>>,
-{
-    let mut delay = policy.base_delay;
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && attempt < policy.retries => {
-                attempt += 1;
-                tracing::info!(error = %e, attempt, retries = policy.retries, "{what} failed, retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(policy.max_delay);
-            }
-            Err(StorageError::Remote { op, key, message, retryable: true }) if attempt > 0 => {
-                let message = format!("{message} (gave up after {} attempts)", attempt + 1);
-                return Err(StorageError::Remote { op, key, message, retryable: true });
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
+use crate::exit::Failure;
 
 /// One attempt's failure for [`retry_attempts`]: the failure, and whether another attempt may
 /// succeed (a download cut off in the middle: yes; a damaged object: no).
-pub type Attempt = (crate::exit::Failure, bool);
+pub type Attempt = (Failure, bool);
+
+/// [`Attempt`] as a [`Retryable`] error.
+struct AttemptError(Failure, bool);
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Retryable for AttemptError {
+    fn is_retryable(&self) -> bool {
+        self.1
+    }
+
+    fn gave_up(self, attempts: u32) -> Self {
+        let f = self.0;
+        AttemptError(Failure::msg(f.kind, format!("{f} (gave up after {attempts} attempts)")), self.1)
+    }
+}
 
 /// Like [`retry`], for operations larger than one request (a download read to its end and
 /// checked): runs `op` again after a failure it marks retryable, within the same policy.
-pub async fn retry_attempts<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, crate::exit::Failure>
+pub async fn retry_attempts<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, Failure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Attempt>>,
 {
-    let mut delay = policy.base_delay;
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err((f, true)) if attempt < policy.retries => {
-                attempt += 1;
-                tracing::info!(error = %f, attempt, retries = policy.retries, "{what} failed, retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(policy.max_delay);
-            }
-            Err((f, true)) if attempt > 0 => {
-                return Err(crate::exit::Failure::msg(f.kind, format!("{f} (gave up after {} attempts)", attempt + 1)))
-            }
-            Err((f, _)) => return Err(f),
-        }
-    }
+    retry(policy, what, || {
+        let attempt = op();
+        async move { attempt.await.map_err(|(f, again)| AttemptError(f, again)) }
+    })
+    .await
+    .map_err(|e| e.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::faulty::FaultyStorage;
-    use crate::storage::memory::MemoryStorage;
-    use crate::storage::{ObjectKey, Storage};
-    use std::sync::Arc;
+    use crate::exit::FailureKind;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
 
     fn fast(retries: u32) -> RetryPolicy {
         RetryPolicy { retries, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2) }
     }
 
     #[tokio::test]
-    async fn retries_transient_failures_then_succeeds() {
-        let s = FaultyStorage::new(Arc::new(MemoryStorage::new()));
-        let k = ObjectKey::new("k").unwrap();
-        s.fail_next(2);
-        let r = retry(fast(3), "head", || s.head(&k)).await;
-        assert!(r.unwrap_err().is_not_found(), "after two faults the real answer comes through");
-        assert_eq!(s.calls(), 3);
-    }
+    async fn retries_only_what_the_attempt_marks_retryable() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = retry_attempts(fast(3), "x", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err((Failure::msg(FailureKind::Storage, "cut off"), true))
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let f = r.unwrap_err();
+        assert_eq!(f.kind, FailureKind::Storage);
+        assert!(f.to_string().contains("gave up after 4 attempts"), "{f}");
 
-    #[tokio::test]
-    async fn gives_up_after_the_budget() {
-        let s = FaultyStorage::new(Arc::new(MemoryStorage::new()));
-        let k = ObjectKey::new("k").unwrap();
-        s.fail_next(10);
-        let r = retry(fast(2), "head", || s.head(&k)).await;
-        assert!(r.unwrap_err().is_retryable());
-        assert_eq!(s.calls(), 3);
-    }
-
-    #[tokio::test]
-    async fn never_retries_not_found() {
-        let s = FaultyStorage::new(Arc::new(MemoryStorage::new()));
-        let k = ObjectKey::new("k").unwrap();
-        let _ = retry(fast(5), "head", || s.head(&k)).await;
-        assert_eq!(s.calls(), 1);
+        calls.store(0, Ordering::SeqCst);
+        let r: Result<(), _> = retry_attempts(fast(3), "x", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err((Failure::msg(FailureKind::Corrupt, "damaged"), false))
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(r.unwrap_err().to_string(), "damaged");
     }
 }

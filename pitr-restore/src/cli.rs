@@ -54,6 +54,12 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl common::cmdline::WithRepoArgs for Cli {
+    fn repo_args(&mut self) -> &mut RepoArgs {
+        &mut self.repo
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -143,7 +149,7 @@ pub struct RestoreArgs {
     pub smoke_query: String,
     /// With --start: connection string for the checks [default: the restored server's socket].
     #[arg(long, short = 'd', value_name = "CONNINFO")]
-    pub dbname: Option<String>,
+    pub dbname: Option<common::config::ConnString>,
 }
 
 fn usage(msg: impl std::fmt::Display) -> Failure {

@@ -23,7 +23,7 @@ pub struct DrillOptions {
     pub smoke_query: String,
     /// Connection string for the checks [default: the server's socket and port from
     /// postmaster.pid, database postgres].
-    pub conninfo: Option<String>,
+    pub conninfo: Option<common::config::ConnString>,
     /// The settings make recovery pause at the target although the target's action is
     /// `promote`: promote the paused server with `pg_ctl promote` (see [`fast_promotion`]).
     pub promote_when_paused: bool,
@@ -235,7 +235,7 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
             )));
         }
         let conninfo = match &opts.conninfo {
-            Some(c) => c.clone(),
+            Some(c) => c.to_string(),
             None => match postmaster_address(data) {
                 Some((port, host)) => format!("host={host} port={port} dbname=postgres connect_timeout=5"),
                 None => continue,

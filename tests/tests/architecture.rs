@@ -2,12 +2,44 @@
 //! that imports it back (every dependency points one way). Reads each crate's sources as
 //! text: the module of each file, and every `crate::`, `super::` and `self::` path in it
 //! (outside its `#[cfg(test)]` module), resolved to the deepest module it names; then looks
-//! for a cycle.
+//! for a cycle. And the layers of the same document: each workspace crate depends only on
+//! crates of lower layers (from its `Cargo.toml`), and inside `common` no module imports one of
+//! a higher layer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 5] = ["common", "archive", "wal-archiver", "basebackup", "pitr-restore"];
+const CRATES: [&str; 8] =
+    ["formats", "pgwire", "storage", "common", "archive", "wal-archiver", "basebackup", "pitr-restore"];
+
+/// The layer of each crate (directory), lowest first: a crate may depend only on crates of a
+/// lower layer. `pgwire` and `storage` share a layer and so know nothing of each other.
+const CRATE_LAYERS: [(&str, u8); 8] = [
+    ("formats", 0),
+    ("pgwire", 1),
+    ("storage", 1),
+    ("common", 2),
+    ("archive", 3),
+    ("wal-archiver", 4),
+    ("basebackup", 4),
+    ("pitr-restore", 4),
+];
+
+/// The layer of each of `common`'s modules: the codec; the failure vocabulary and retries; the
+/// repository (layout, catalog, leases); the process edge (configuration, command line,
+/// logging); the fuzz targets' bodies over all of it.
+const COMMON_LAYERS: [(&str, u8); 10] = [
+    ("codec", 0),
+    ("exit", 1),
+    ("retry", 1),
+    ("repository", 2),
+    ("catalog", 2),
+    ("lease", 2),
+    ("config", 3),
+    ("cmdline", 3),
+    ("telemetry", 3),
+    ("fuzzing", 4),
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -131,28 +163,34 @@ fn resolve(from: &[String], path: &[String], modules: &BTreeSet<Vec<String>>) ->
     Some(found)
 }
 
+/// Every import between two modules of `krate`: module -> the modules it names.
+fn module_edges(krate: &str) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let src = workspace().join(krate).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for f in &files {
+        let from = module_of(&src, f);
+        let text = std::fs::read_to_string(f).unwrap();
+        for p in paths(&code(&text)) {
+            if let Some(to) = resolve(&from, &p, &modules) {
+                // A module and the modules it contains (declared with `mod`) are one
+                // unit for the rule: a parent naming its own child is a declaration.
+                if to != from && !to.starts_with(&from) {
+                    edges.entry(from.clone()).or_default().insert(to);
+                }
+            }
+        }
+    }
+    edges
+}
+
 #[test]
 fn no_module_imports_a_module_that_imports_it_back() {
     let mut problems = Vec::new();
     for krate in CRATES {
-        let src = workspace().join(krate).join("src");
-        let mut files = Vec::new();
-        sources(&src, &mut files);
-        let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();
-        let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
-        for f in &files {
-            let from = module_of(&src, f);
-            let text = std::fs::read_to_string(f).unwrap();
-            for p in paths(&code(&text)) {
-                if let Some(to) = resolve(&from, &p, &modules) {
-                    // A module and the modules it contains (declared with `mod`) are one
-                    // unit for the rule: a parent naming its own child is a declaration.
-                    if to != from && !to.starts_with(&from) {
-                        edges.entry(from.clone()).or_default().insert(to);
-                    }
-                }
-            }
-        }
+        let edges = module_edges(krate);
         // A cycle: a path back to where it started.
         for start in edges.keys() {
             let mut stack = vec![(start.clone(), vec![start.clone()])];
@@ -175,6 +213,94 @@ fn no_module_imports_a_module_that_imports_it_back() {
     problems.sort();
     problems.dedup();
     assert!(problems.is_empty(), "import cycles:\n{}", problems.join("\n"));
+}
+
+/// The workspace crates (by directory) that `krate`'s `[dependencies]` name.
+fn crate_dependencies(krate: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(workspace().join(krate).join("Cargo.toml")).unwrap();
+    let dirs: BTreeMap<&str, &str> = [
+        ("formats", "formats"),
+        ("pgwire", "pgwire"),
+        ("storage", "storage"),
+        ("common", "common"),
+        ("archive", "archive"),
+        ("wal-archiver", "wal-archiver"),
+        ("basebackup", "basebackup"),
+        ("pitr-restore", "pitr-restore"),
+    ]
+    .into_iter()
+    .collect();
+    let mut out = Vec::new();
+    let mut in_deps = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if !in_deps || line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name = line.split(['.', '=', ' ']).next().unwrap_or("");
+        if let Some(dir) = dirs.get(name) {
+            out.push(dir.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn crates_depend_only_on_lower_layers() {
+    let layer: BTreeMap<&str, u8> = CRATE_LAYERS.into_iter().collect();
+    let mut problems = Vec::new();
+    for krate in CRATES {
+        for dep in crate_dependencies(krate) {
+            if layer[dep.as_str()] >= layer[krate] {
+                problems.push(format!(
+                    "{krate} (layer {}) depends on {dep} (layer {})",
+                    layer[krate],
+                    layer[dep.as_str()]
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(crate_dependencies("pgwire"), ["formats"], "the wire client knows nothing of storage or codecs");
+    assert!(crate_dependencies("storage").is_empty(), "storage knows nothing of what it stores");
+}
+
+#[test]
+fn common_modules_import_only_their_own_layer_or_lower() {
+    let layer: BTreeMap<&str, u8> = COMMON_LAYERS.into_iter().collect();
+    let edges = module_edges("common");
+    let mut problems = Vec::new();
+    for (from, tos) in &edges {
+        let Some(f) = from.first().and_then(|m| layer.get(m.as_str())) else {
+            continue;
+        };
+        for to in tos {
+            let Some(t) = to.first().and_then(|m| layer.get(m.as_str())) else {
+                continue;
+            };
+            if t > f {
+                problems.push(format!(
+                    "common::{} (layer {f}) imports common::{} (layer {t})",
+                    from.join("::"),
+                    to.join("::")
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let src = workspace().join("common").join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    for f in files {
+        let m = module_of(&src, &f);
+        if let Some(top) = m.first() {
+            assert!(layer.contains_key(top.as_str()), "common::{top} has no layer in COMMON_LAYERS");
+        }
+    }
 }
 
 #[test]

@@ -104,3 +104,30 @@ fn a_missing_file_is_not_logged_as_an_error() {
         assert!(r.stderr.contains("is not in the repository"), "{name}: {r:#?}");
     }
 }
+
+/// A bad value names where it came from, and its exit code follows from that, not from a
+/// guess: `expire`'s retention from a flag or its variable is a usage error (2), from
+/// pitr.toml a configuration error (7); a repository setting is a configuration error (7)
+/// from any of them.
+#[test]
+fn a_bad_value_names_its_source() {
+    let (repo, dir) = seeded();
+    let conf = dir.path().join("pitr.toml");
+    std::fs::write(&conf, format!("repo = \"{}\"\nkeep-within = \"soon\"\n", repo.url)).unwrap();
+    let conf_s = conf.to_str().unwrap();
+    let mut c = bins::basebackup();
+    c.args(["--config", conf_s, "expire", "--dry-run"]);
+    run(c).fails_with(7, &format!("keep-within in {conf_s}"));
+    let mut c = bins::basebackup();
+    c.args(["--config", conf_s, "expire", "--dry-run", "--keep-within", "later"]);
+    run(c).fails_with(2, "from --keep-within");
+    let mut c = bins::basebackup();
+    c.env("PITR_KEEP_BACKUPS", "0").args(["--repo", &repo.url, "expire", "--dry-run"]);
+    run(c).fails_with(2, "from PITR_KEEP_BACKUPS");
+    let mut c = bins::wal_archiver();
+    c.env("PITR_COMPRESS_LEVEL", "99").args(["--repo", &repo.url, "list"]);
+    run(c).fails_with(7, "from PITR_COMPRESS_LEVEL");
+    let mut c = bins::wal_archiver();
+    c.args(["--repo", &repo.url, "list", "--compress-level", "99"]);
+    run(c).fails_with(7, "from --compress-level");
+}

@@ -38,6 +38,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl common::cmdline::WithRepoArgs for Cli {
+    fn repo_args(&mut self) -> &mut RepoArgs {
+        &mut self.repo
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -95,7 +101,7 @@ pub enum Command {
         /// added; application_name defaults to `pitr`) [default: from PG* variables; file key
         /// `dbname`].
         #[arg(long, short = 'd', env = "PITR_DBNAME", value_name = "CONNINFO")]
-        dbname: Option<String>,
+        dbname: Option<common::config::ConnString>,
         /// Physical replication slot to stream from (the server keeps WAL until it is
         /// reported flushed).
         #[arg(long, value_name = "NAME")]

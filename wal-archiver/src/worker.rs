@@ -21,8 +21,10 @@ pub fn running(spool: &Path) -> bool {
 
 /// Takes the spool's lock for this worker's lifetime; `None` when another worker has it.
 pub fn acquire(spool: &Path) -> Result<Option<File>, Failure> {
-    fs::create_dir_all(spool).map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())))?;
-    let f = lock_file(spool).map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())))?;
+    fs::create_dir_all(spool)
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())).transient())?;
+    let f = lock_file(spool)
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", spool.display())).transient())?;
     Ok(f.try_lock().is_ok().then_some(f))
 }
 

@@ -3,6 +3,14 @@
 
 use common::exit::{Failure, FailureKind};
 use common::pgwire::PgWireError;
+use common::retry::Backoff;
+use std::time::Duration;
+
+/// The pauses between the receiver's sessions, and between its uploader's attempts: 1 s,
+/// doubling to 30 s, back to 1 s once WAL flows again.
+pub(super) fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(30))
+}
 
 /// How one session ended, when it did not fail.
 pub(super) enum SessionEnd {
@@ -18,11 +26,15 @@ pub(super) enum SessionError {
     Fatal(Failure),
 }
 
+/// A failure whose cause may pass by itself (the repository unreachable, a local read failed)
+/// is worth a new session; any other stops the receiver. Decided by the failure's own
+/// property, never by its exit code.
 impl From<Failure> for SessionError {
     fn from(f: Failure) -> Self {
-        match f.kind {
-            FailureKind::Storage | FailureKind::LocalIo => SessionError::Retry(f),
-            _ => SessionError::Fatal(f),
+        if f.is_transient() {
+            SessionError::Retry(f)
+        } else {
+            SessionError::Fatal(f)
         }
     }
 }
@@ -60,4 +72,27 @@ pub(super) enum Flow {
 
 pub(super) fn local(e: std::io::Error) -> SessionError {
     SessionError::Fatal(Failure::msg(FailureKind::LocalIo, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_follows_the_cause_not_the_exit_code() {
+        let retry = |f| matches!(SessionError::from(f), SessionError::Retry(_));
+        assert!(retry(Failure::msg(FailureKind::Storage, "503").transient()));
+        assert!(retry(Failure::msg(FailureKind::LocalIo, "EIO").transient()));
+        assert!(!retry(Failure::msg(FailureKind::Storage, "a refusal")));
+        assert!(!retry(Failure::msg(FailureKind::Conflict, "another cluster")));
+        let e = common::storage::StorageError::Remote {
+            op: "put",
+            key: "k".into(),
+            message: "503".into(),
+            retryable: true,
+        };
+        assert!(retry(Failure::from(e)));
+        let e = common::storage::StorageError::AlreadyExists { key: "k".into() };
+        assert!(!retry(Failure::from(e)));
+    }
 }

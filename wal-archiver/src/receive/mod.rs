@@ -27,7 +27,6 @@
 //! leaves [`state`] (positions, options, stop reason) and [`errors`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
@@ -45,7 +44,7 @@ pub mod status;
 pub mod timeline;
 pub mod upload;
 
-use self::errors::{SessionEnd, SessionError};
+use self::errors::{reconnect_backoff, SessionEnd, SessionError};
 use self::session::Receiver;
 pub use self::start::start_position;
 pub use self::state::{default_spool, Durability, Positions, ReceiveOptions, StopReason};
@@ -63,6 +62,7 @@ pub async fn receive(config: &Config, opts: ReceiveOptions) -> Result<(), Failur
         .with_fallback_application_name("pitr");
     std::fs::create_dir_all(&opts.spool).map_err(|e| {
         Failure::msg(FailureKind::LocalIo, format!("cannot create spool directory {}: {e}", opts.spool.display()))
+            .transient()
     })?;
     let Some(_lock) = crate::worker::acquire(&opts.spool)? else {
         return Err(Failure::msg(
@@ -109,7 +109,7 @@ pub async fn receive(config: &Config, opts: ReceiveOptions) -> Result<(), Failur
 
 fn spawn_signal_handler(stop: Arc<watch::Sender<StopReason>>) -> Result<(), Failure> {
     use tokio::signal::unix::{signal, SignalKind};
-    let io = |e: std::io::Error| Failure::msg(FailureKind::LocalIo, format!("cannot handle signals: {e}"));
+    let io = |e: std::io::Error| Failure::msg(FailureKind::LocalIo, format!("cannot handle signals: {e}")).transient();
     let mut term = signal(SignalKind::terminate()).map_err(io)?;
     let mut int = signal(SignalKind::interrupt()).map_err(io)?;
     tokio::spawn(async move {
@@ -135,7 +135,7 @@ impl Receiver {
     }
 
     async fn run(&mut self) -> Result<(), Failure> {
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = reconnect_backoff();
         loop {
             if self.stopping() {
                 return Ok(());
@@ -145,7 +145,7 @@ impl Receiver {
             self.metrics.disconnected();
             match session {
                 Ok(SessionEnd::Stopped) => return Ok(()),
-                Ok(SessionEnd::TimelineSwitched) => backoff = Duration::from_secs(1),
+                Ok(SessionEnd::TimelineSwitched) => backoff.reset(),
                 Err(SessionError::Fatal(f)) => {
                     self.metrics.error(ErrorKind::Fatal, &f.to_string());
                     return Err(f);
@@ -156,16 +156,16 @@ impl Receiver {
                     }
                     self.metrics.error(ErrorKind::Connection, &f.to_string());
                     if self.positions.borrow().written > before {
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
                     }
-                    tracing::warn!(retry_in_s = backoff.as_secs(), "{f}");
-                    eprintln!("wal-archiver receive: {f}; reconnecting in {} s", backoff.as_secs());
+                    let delay = backoff.next_delay();
+                    tracing::warn!(retry_in_s = delay.as_secs(), "{f}");
+                    eprintln!("wal-archiver receive: {f}; reconnecting in {} s", delay.as_secs());
                     let mut stop = self.stop.subscribe();
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = stop.wait_for(|s| *s != StopReason::Running) => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }

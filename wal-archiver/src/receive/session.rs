@@ -75,10 +75,10 @@ impl Receiver {
             self.slot_checked = true;
         }
 
-        let start = match &mut self.spool {
+        let start = match &self.spool {
             Some(spool) => {
                 let start = spool.written().segment_start(seg_size);
-                tokio::task::block_in_place(|| spool.rewind(start)).map_err(local)?;
+                spool::blocking(&mut self.spool, move |s| s.rewind(start)).await.map_err(local)?.map_err(local)?;
                 start
             }
             None => {
@@ -100,9 +100,8 @@ impl Receiver {
             // Exactly at the end of an old timeline: no COPY, the next timeline at once.
             Ok(CopyBothStart::Completed(results)) => {
                 let (next, switch) = next_timeline(&results)?;
-                let spool = self.spool.as_mut().expect("spool opened before streaming");
                 let uploader = self.uploader.as_ref().expect("uploader started with the spool");
-                switch_timeline(spool, uploader, &mut conn, next, switch).await?;
+                switch_timeline(&mut self.spool, uploader, &mut conn, next, switch).await?;
                 let _ = conn.terminate().await;
                 return Ok(SessionEnd::TimelineSwitched);
             }
@@ -120,8 +119,13 @@ impl Receiver {
         seg_size: WalSegmentSize,
         start: Lsn,
     ) -> Result<(), SessionError> {
-        let content = spool::scan(&self.opts.spool).map_err(local)?;
-        let spool = Spool::open(&self.opts.spool, seg_size, tli, start).map_err(local)?;
+        let dir = self.opts.spool.clone();
+        let (content, spool) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            Ok((spool::scan(&dir)?, Spool::open(&dir, seg_size, tli, start)?))
+        })
+        .await
+        .map_err(|e| local(std::io::Error::other(e)))?
+        .map_err(local)?;
         // In the repository only up to the first complete segment an earlier run left in
         // the spool (stored first, below).
         let uploaded = content
@@ -272,9 +276,8 @@ impl Receiver {
                     .map_err(|_| lost())?
                     .map_err(|e| pg_error("end of timeline", e))?;
                 let (next, switch) = next_timeline(&results)?;
-                let spool = self.spool.as_mut().expect("spool opened before streaming");
                 let uploader = self.uploader.as_ref().expect("uploader started with the spool");
-                switch_timeline(spool, uploader, &mut conn, next, switch).await?;
+                switch_timeline(&mut self.spool, uploader, &mut conn, next, switch).await?;
                 let _ = conn.terminate().await;
                 Ok(SessionEnd::TimelineSwitched)
             }
@@ -288,12 +291,11 @@ impl Receiver {
         expected: &mut Lsn,
         cmd_tx: &mpsc::Sender<StatusCmd>,
     ) -> Result<Flow, SessionError> {
-        let spool = self.spool.as_mut().expect("spool opened before streaming");
-        let mut completed = Vec::new();
+        // The batch's WAL, written and fsynced on a blocking thread after the loop.
+        let mut writes = Vec::new();
         let mut reply = false;
         let mut flow = Flow::Continue;
         let mut failure = None;
-        let mut wrote = false;
         let mut server_end = None;
         for m in batch {
             match m {
@@ -308,15 +310,7 @@ impl Receiver {
                         }
                         *expected = x.end();
                         server_end = Some(x.wal_end);
-                        let r = tokio::task::block_in_place(|| spool.write(x.wal_start, &x.data));
-                        match r {
-                            Ok(done) => completed.extend(done),
-                            Err(e) => {
-                                failure = Some(SessionError::Fatal(Failure::msg(FailureKind::LocalIo, e)));
-                                break;
-                            }
-                        }
-                        wrote = true;
+                        writes.push((x.wal_start, x.data));
                     }
                     Ok(ReplicationMessage::Keepalive(k)) => {
                         server_end = Some(k.wal_end);
@@ -359,12 +353,31 @@ impl Receiver {
             self.metrics.server_message(end);
         }
         // Whatever was written is made durable before anything is reported, also when the
-        // connection just failed.
-        if wrote {
-            if let Err(e) = tokio::task::block_in_place(|| spool.sync()) {
-                return Err(SessionError::Fatal(Failure::msg(FailureKind::LocalIo, e)));
+        // connection just failed or a later write failed.
+        let (completed, write_error, sync) = spool::blocking(&mut self.spool, move |spool| {
+            let (mut completed, mut write_error, mut wrote) = (Vec::new(), None, false);
+            for (start, data) in writes {
+                match spool.write(start, &data) {
+                    Ok(done) => completed.extend(done),
+                    Err(e) => {
+                        write_error = Some(e);
+                        break;
+                    }
+                }
+                wrote = true;
             }
+            let sync = if wrote { spool.sync().map(|_| ()) } else { Ok(()) };
+            (completed, write_error, sync)
+        })
+        .await
+        .map_err(local)?;
+        if let Err(e) = sync {
+            return Err(SessionError::Fatal(Failure::msg(FailureKind::LocalIo, e)));
         }
+        if let Some(e) = write_error {
+            failure = Some(SessionError::Fatal(Failure::msg(FailureKind::LocalIo, e)));
+        }
+        let spool = self.spool.as_ref().expect("the spool is back");
         // After a reconnect the stream resends what was already fsynced: write never goes
         // back in the reports.
         let (written, synced) = (spool.written().max(spool.synced()), spool.synced());

@@ -35,6 +35,25 @@ pub struct Spool {
     synced: Lsn,
 }
 
+/// Runs `f` on the spool in `slot` on a blocking thread and puts the spool back: writes and
+/// fsyncs never run on the runtime's workers, which also answer the server's keepalives and
+/// serve the status and uploader tasks. Fails (and leaves `slot` empty) only if `f` panicked.
+pub async fn blocking<T, F>(slot: &mut Option<Spool>, f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Spool) -> T + Send + 'static,
+{
+    let mut spool = slot.take().expect("the spool is open");
+    let (spool, out) = tokio::task::spawn_blocking(move || {
+        let out = f(&mut spool);
+        (spool, out)
+    })
+    .await
+    .map_err(|e| io::Error::other(format!("the spool's writer failed: {e}")))?;
+    *slot = Some(spool);
+    Ok(out)
+}
+
 /// Fsyncs a directory (after creating or renaming a file in it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -102,7 +102,7 @@ pub async fn start_position(
     }
     let mut why = "after the newest segment archived";
     // Complete segments still waiting in the spool count as received.
-    let content = spool::scan(spool_dir).map_err(|e| Failure::msg(FailureKind::LocalIo, e))?;
+    let content = spool::scan(spool_dir).map_err(|e| Failure::msg(FailureKind::LocalIo, e).transient())?;
     let on_tli = |files: &[(WalFileName, std::path::PathBuf)]| {
         files
             .iter()

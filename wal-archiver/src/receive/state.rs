@@ -52,7 +52,7 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
     /// libpq connection string (replication=true is added).
-    pub conninfo: String,
+    pub conninfo: common::config::ConnString,
     /// Physical replication slot.
     pub slot: Option<String>,
     /// Create the slot if it does not exist.

@@ -15,12 +15,13 @@ use super::upload::{Job, Uploader};
 /// the history file of `next`, and point the spool at `next` from the segment start of
 /// `switch` (the server resends that segment on the new timeline).
 pub(super) async fn switch_timeline(
-    spool: &mut Spool,
+    slot: &mut Option<Spool>,
     uploader: &Uploader,
     conn: &mut Connection,
     next: u32,
     switch: Lsn,
 ) -> Result<(), SessionError> {
+    let spool = slot.as_ref().expect("spool opened before streaming");
     let old = spool.timeline();
     let seg_size = spool.seg_size();
     if next <= old.0 {
@@ -39,7 +40,8 @@ pub(super) async fn switch_timeline(
             ),
         )));
     }
-    tokio::task::block_in_place(|| spool.sync()).map_err(local)?;
+    spool::blocking(slot, |s| s.sync()).await.map_err(local)?.map_err(local)?;
+    let spool = slot.as_ref().expect("the spool is back");
     tracing::info!(timeline = old.0, next, %switch, "end of timeline");
     eprintln!("wal-archiver receive: timeline {} ended at {switch}; following timeline {next}", old.0);
     let segno = switch.segment_number(seg_size);
@@ -59,18 +61,26 @@ pub(super) async fn switch_timeline(
     }
     let dir = spool.dir().to_path_buf();
     let path = dir.join(&name);
-    tokio::task::block_in_place(|| -> std::io::Result<()> {
-        let tmp = dir.join(format!("{name}.tmp"));
+    let (d, p, content) = (dir.clone(), path.clone(), history.content);
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let tmp = d.join(format!("{name}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &history.content)?;
+        std::io::Write::write_all(&mut f, &content)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        spool::sync_dir(&dir)
+        std::fs::rename(&tmp, &p)?;
+        spool::sync_dir(&d)
     })
+    .await
+    .map_err(|e| local(std::io::Error::other(e)))?
     .map_err(local)?;
     uploader.send(Job::Segment(path));
     uploader.send(Job::Timeline(TimelineId(next)));
-    *spool = Spool::open(&dir, seg_size, TimelineId(next), switch.segment_start(seg_size)).map_err(local)?;
+    let start = switch.segment_start(seg_size);
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, seg_size, TimelineId(next), start))
+        .await
+        .map_err(|e| local(std::io::Error::other(e)))?
+        .map_err(local)?;
+    *slot = Some(spool);
     Ok(())
 }
 

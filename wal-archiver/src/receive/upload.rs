@@ -112,7 +112,7 @@ async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut fin
     let mut tick = tokio::time::interval(setup.partial_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut st = State { setup, queue: VecDeque::new(), last_partial: Lsn(0), finishing: false };
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = super::errors::reconnect_backoff();
     let mut rx_open = true;
     loop {
         while let Ok(job) = rx.try_recv() {
@@ -130,7 +130,7 @@ async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut fin
             match st.store_segment(&path).await {
                 Ok(()) => {
                     st.queue.pop_front();
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     continue;
                 }
                 Err(Some(f)) => {
@@ -144,10 +144,9 @@ async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut fin
                 }
                 Err(None) => {
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = &mut finish, if !st.finishing => st.finishing = true,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             }
@@ -246,14 +245,14 @@ impl State {
                 }
                 Ok(())
             }
-            Err(f) => match f.kind {
-                FailureKind::Storage | FailureKind::LocalIo => {
-                    s.metrics.error(ErrorKind::SegmentStore, &f.to_string());
-                    tracing::warn!(file = %path.display(), "storing failed, will retry: {f}");
-                    Err(None)
-                }
-                _ => Err(Some(Failure::msg(f.kind, format!("{}: {f}", path.display())))),
-            },
+            // A cause that may pass (the repository unreachable): the segment stays in the
+            // spool and is tried again; any other stops the receiver.
+            Err(f) if f.is_transient() => {
+                s.metrics.error(ErrorKind::SegmentStore, &f.to_string());
+                tracing::warn!(file = %path.display(), "storing failed, will retry: {f}");
+                Err(None)
+            }
+            Err(f) => Err(Some(f.context(path.display()))),
         }
     }
 
@@ -276,19 +275,19 @@ impl State {
                 Ok(f) => f,
                 // Completed and renamed meanwhile: its complete object is on the way.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(Failure::msg(FailureKind::LocalIo, format!("{}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(Failure::msg(FailureKind::LocalIo, format!("{}: {e}", path.display())).transient())
+                }
             };
-            let mut out = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&tmp_path)
-                .map_err(|e| Failure::msg(FailureKind::LocalIo, format!("{}: {e}", tmp_path.display())))?;
+            let mut out =
+                std::fs::File::options().read(true).write(true).create_new(true).open(&tmp_path).map_err(|e| {
+                    Failure::msg(FailureKind::LocalIo, format!("{}: {e}", tmp_path.display())).transient()
+                })?;
             codec::compress(&[], &mut file, &mut out, &name_str, Some(seg_bytes), opts)?;
             Ok(true)
         })
         .await
-        .map_err(|e| Failure::msg(FailureKind::LocalIo, e))??;
+        .map_err(|e| Failure::msg(FailureKind::LocalIo, e).transient())??;
         if !compressed {
             return Ok(());
         }

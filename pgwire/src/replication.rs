@@ -5,10 +5,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::conn::{Connection, CopyBothStart};
-use super::error::{PgWireError, Result};
-use crate::lsn::Lsn;
-use crate::wal::WalSegmentSize;
+use crate::conn::{Connection, CopyBothStart};
+use crate::error::{PgWireError, Result};
+use formats::lsn::Lsn;
+use formats::wal::WalSegmentSize;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -236,7 +236,7 @@ impl StandbyStatusUpdate {
     }
 }
 
-impl super::conn::ConnectionWriter {
+impl crate::conn::ConnectionWriter {
     /// Sends a standby status update.
     pub async fn send_status_update(&mut self, update: &StandbyStatusUpdate) -> Result<()> {
         self.send_copy_data(&update.encode()).await

@@ -83,6 +83,6 @@ mod tests {
     #[tokio::test]
     async fn passes_the_conformance_suite() {
         let s = super::MemoryStorage::new();
-        crate::storage::conformance::run_all(&s, "conf").await;
+        crate::conformance::run_all(&s, "conf").await;
     }
 }

@@ -4,6 +4,9 @@
 //! (local directory, S3, memory) keeps the contracts written on [`Storage`]'s methods and
 //! passes the shared suite in [`conformance`]. Nothing above this layer knows which backend
 //! it talks to. Decisions about absence are made from exact-key reads, never from listings.
+//!
+//! The crate also holds the retry helper ([`retry`]) that every remote call and every backoff
+//! loop above it goes through. It knows nothing of PostgreSQL or of what the objects hold.
 
 pub mod local;
 pub mod memory;
@@ -13,6 +16,7 @@ pub mod s3;
 pub mod conformance;
 #[cfg(any(test, feature = "test-support"))]
 pub mod faulty;
+pub mod retry;
 
 use std::fmt;
 use std::ops::Range;

@@ -9,7 +9,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::conninfo::Password;
+use crate::conninfo::Password;
 
 /// One line of a password file.
 #[derive(Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{self, Message};
 
-use super::error::{PgWireError, Result, ServerError};
+use crate::error::{PgWireError, Result, ServerError};
 
 /// The largest message accepted from the server (PostgreSQL's own limit for most messages is
 /// 1 GB; CopyData in replication is at most 128 kB + header).

@@ -29,8 +29,8 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use sha2::Digest;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::conninfo::{ConnParams, SslMode};
-use super::error::{PgWireError, Result};
+use crate::conninfo::{ConnParams, SslMode};
+use crate::error::{PgWireError, Result};
 
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn verify_modes_need_a_root_file() {
-        let env = super::super::env::FakeEnv::new().user("u").home("/nonexistent-home");
+        let env = crate::env::FakeEnv::new().user("u").home("/nonexistent-home");
         let p = ConnParams::parse_with_env("sslmode=verify-full", &env).unwrap();
         let e = TlsSetup::new(&p).unwrap_err().to_string();
         assert!(e.contains("root certificate file"), "{e}");

@@ -353,7 +353,7 @@ mod tests {
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::open(dir.path().join("repo")).unwrap();
-        crate::storage::conformance::run_all(&s, "conf").await;
+        crate::conformance::run_all(&s, "conf").await;
     }
 
     #[tokio::test]

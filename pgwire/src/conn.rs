@@ -22,12 +22,12 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use super::auth::authenticate;
-use super::conninfo::{ConnParams, Host, Replication, SslMode, Target};
-use super::error::{PgWireError, Result, ServerError};
-use super::message::{decode, BackendMessage, Column, CopyFormat};
-use super::stream::{negotiate_tls, SslResponse, Stream};
-use super::tls::TlsSetup;
+use crate::auth::authenticate;
+use crate::conninfo::{ConnParams, Host, Replication, SslMode, Target};
+use crate::error::{PgWireError, Result, ServerError};
+use crate::message::{decode, BackendMessage, Column, CopyFormat};
+use crate::stream::{negotiate_tls, SslResponse, Stream};
+use crate::tls::TlsSetup;
 
 /// One result set: the columns, the rows in text format, and the command tag.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -268,7 +268,7 @@ impl ConnectionWriter {
     }
 }
 
-impl super::auth::Channel for Connection {
+impl crate::auth::Channel for Connection {
     fn is_tls(&self) -> bool {
         self.reader.tls
     }

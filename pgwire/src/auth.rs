@@ -10,10 +10,10 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 
-use super::conninfo::{ChannelBindingMode, ConnParams, Password, Target};
-use super::error::{PgWireError, Result};
-use super::message::{AuthRequest, BackendMessage};
-use super::pgpass::password_from_file;
+use crate::conninfo::{ChannelBindingMode, ConnParams, Password, Target};
+use crate::error::{PgWireError, Result};
+use crate::message::{AuthRequest, BackendMessage};
+use crate::pgpass::password_from_file;
 
 const SCRAM: &str = "SCRAM-SHA-256";
 const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";

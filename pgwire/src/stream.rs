@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
-use super::conninfo::{Host, Target};
-use super::error::{PgWireError, Result};
-use super::tls::{describe_handshake_error, server_name, tls_server_end_point, TlsSetup};
+use crate::conninfo::{Host, Target};
+use crate::error::{PgWireError, Result};
+use crate::tls::{describe_handshake_error, server_name, tls_server_end_point, TlsSetup};
 
 /// One of the transports.
 #[derive(Debug)]

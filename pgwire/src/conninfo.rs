@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
-use super::env::Environment;
-use super::error::{PgWireError, Result};
+use crate::env::Environment;
+use crate::error::{PgWireError, Result};
 
 /// The Unix socket directory of Debian's PostgreSQL packages, libpq's default host when it
 /// exists.
@@ -456,7 +456,7 @@ fn parse_port(p: &str) -> Result<u16> {
 impl ConnParams {
     /// Parses `conninfo` and fills the gaps from the process environment and libpq's defaults.
     pub fn parse(conninfo: &str) -> Result<ConnParams> {
-        Self::parse_with_env(conninfo, &super::env::ProcessEnv)
+        Self::parse_with_env(conninfo, &crate::env::ProcessEnv)
     }
 
     /// Parses `conninfo` and fills the gaps from `env` and libpq's defaults.
@@ -656,8 +656,8 @@ impl ConnParams {
 
 #[cfg(test)]
 mod tests {
-    use super::super::env::FakeEnv;
     use super::*;
+    use crate::env::FakeEnv;
 
     fn pairs(s: &str) -> Vec<(String, String)> {
         parse_conninfo(s).unwrap()
