@@ -1,6 +1,8 @@
 //! `create` against a scripted server that answers BASE_BACKUP the way PostgreSQL 13 and 14
 //! do (legacy syntax, one COPY OUT per tablespace without the tar end blocks, then a COPY OUT
-//! with the manifest), since the test machines run only PostgreSQL 15.
+//! with the manifest), for what a real server does not show on demand (a stream that differs
+//! from its manifest); the version matrix runs real 13 and 14 servers. The same script claims
+//! majors pitr does not support (12, 19), which no test machine has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +119,8 @@ async fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 
 /// The archives the scripted PostgreSQL 14 sends, and its manifest.
 struct Script {
+    /// `server_version_num`.
+    version_num: &'static str,
     tablespace_tar: Vec<u8>,
     base_tar: Vec<u8>,
     manifest: Vec<u8>,
@@ -147,7 +151,7 @@ async fn serve(listener: TcpListener, script: Script, seen: Arc<std::sync::Mutex
                 "IDENTIFY_SYSTEM",
             )),
             "SHOW server_version_num" => {
-                out.extend(result_set(&["server_version_num"], &[vec![Some("140010")]], "SHOW"))
+                out.extend(result_set(&["server_version_num"], &[vec![Some(script.version_num)]], "SHOW"))
             }
             "SHOW wal_segment_size" => out.extend(result_set(&["wal_segment_size"], &[vec![Some("16MB")]], "SHOW")),
             "SHOW wal_block_size" => out.extend(result_set(&["wal_block_size"], &[vec![Some("8192")]], "SHOW")),
@@ -182,6 +186,10 @@ struct Setup {
 }
 
 async fn setup(bad_crc_for: Option<&str>) -> Setup {
+    setup_version("140010", bad_crc_for).await
+}
+
+async fn setup_version(version_num: &'static str, bad_crc_for: Option<&str>) -> Setup {
     let ts_file = vec![9u8; 3000];
     let rel = vec![5u8; 20_000];
     let mut tablespace_tar = Vec::new();
@@ -196,7 +204,8 @@ async fn setup(bad_crc_for: Option<&str>) -> Setup {
         ("global/pg_control", &[1u8; 8192]),
         ("pg_tblspc/16389/PG_14_202107181/16384/16390", &ts_file),
     ];
-    let script = Script { tablespace_tar, base_tar: base_tar.clone(), manifest: manifest(&files, bad_crc_for) };
+    let script =
+        Script { version_num, tablespace_tar, base_tar: base_tar.clone(), manifest: manifest(&files, bad_crc_for) };
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -275,4 +284,21 @@ async fn a_stream_that_differs_from_its_manifest_is_not_recorded() {
     expected.push("main/cluster.json".into());
     expected.sort();
     assert_eq!(after, expected);
+}
+
+/// A server of a major outside 13 to 18 is refused with one line that names the supported
+/// ones (exit 3), before anything is written: not even the cluster record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_majors_are_refused_before_anything_is_written() {
+    for version in ["120022", "190001"] {
+        let s = setup_version(version, None).await;
+        let before: Vec<String> = s.storage.list("").await.unwrap().into_iter().map(|o| o.key.to_string()).collect();
+        let e = create(&s.config, &s.conninfo, opts()).await.unwrap_err();
+        assert_eq!(e.kind, FailureKind::Invalid, "{version}: {e}");
+        let text = e.to_string();
+        assert!(text.contains("is not supported (13 to 18 are)") && !text.contains('\n'), "{version}: {text}");
+        let after: Vec<String> = s.storage.list("").await.unwrap().into_iter().map(|o| o.key.to_string()).collect();
+        assert_eq!(after, before, "{version}: nothing written");
+        assert!(!s.seen.lock().unwrap().iter().any(|q| q.starts_with("BASE_BACKUP")), "{version}");
+    }
 }

@@ -338,7 +338,7 @@ pub fn seed_corpora() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| out.push((target, format!("seed-{name}"), bytes));
 
     // WAL: headers of each supported version; names; small segments.
-    for magic in [0xD106u16, 0xD10D, 0xD110, 0xD113, 0xD116] {
+    for magic in [0xD106u16, 0xD10D, 0xD110, 0xD113, 0xD116, 0xD118] {
         let mut h = fuzz_segment_header();
         h.major = PgMajor::from_magic(magic).expect("supported magic");
         add("wal_page_header", &format!("pg{}", h.major), h.encode().to_vec());

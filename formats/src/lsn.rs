@@ -1,8 +1,8 @@
 //! Log sequence numbers: the byte position in PostgreSQL's WAL stream.
 //!
 //! Mirrors `XLogRecPtr` (`src/include/access/xlogdefs.h`). The text form is `HI/LO`, each half
-//! 1–8 hex digits; PostgreSQL 13–17 print it unpadded (`0/1753758`, `LSN_FORMAT_ARGS`), 18 pads
-//! the low half (`0/01753758`). Both parse; [`Display`](std::fmt::Display) emits the `%X/%X`
+//! 1–8 hex digits; PostgreSQL 13–18 print it unpadded (`0/1753758`, `LSN_FORMAT_ARGS`), 19 will
+//! pad the low half (`0/01753758`). Both parse; [`Display`](std::fmt::Display) emits the `%X/%X`
 //! form every supported server accepts.
 
 use std::fmt;

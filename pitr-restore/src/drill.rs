@@ -256,12 +256,8 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
             }
         }
         let Some(conn) = poll.as_mut() else { continue };
-        let state = match conn
-            .simple_query(
-                "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END",
-            )
-            .await
-        {
+        let sql = pause_state_query(conn.parameter("server_version"));
+        let state = match conn.simple_query(sql).await {
             Ok(rs) => first_row(&rs),
             Err(e) => {
                 tracing::debug!(error = %e, "server not ready yet");
@@ -302,5 +298,34 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
             recovery,
             log,
         });
+    }
+}
+
+/// The poll of the drill: whether the server is in recovery, and whether replay is paused
+/// (`paused` then). `pg_get_wal_replay_pause_state()` exists from PostgreSQL 14 on; 13 has
+/// only `pg_is_wal_replay_paused()`, which says the same once recovery pauses at its target.
+fn pause_state_query(server_version: Option<&str>) -> &'static str {
+    let major: u32 = server_version
+        .map(|v| v.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    if major == 13 {
+        "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN \
+         CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END END"
+    } else {
+        "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_poll_speaks_each_major() {
+        assert!(pause_state_query(Some("13.23")).contains("pg_is_wal_replay_paused()"));
+        for v in ["14.23", "15.18 (Debian 15.18-0+deb12u1)", "18.4"] {
+            assert!(pause_state_query(Some(v)).contains("pg_get_wal_replay_pause_state()"), "{v}");
+        }
     }
 }

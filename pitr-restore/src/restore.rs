@@ -225,8 +225,26 @@ fn undo(dirs: &[(PathBuf, Before)]) {
     }
 }
 
+/// A tablespace location as `tablespace_map` holds it for a server of `version_num`: newline
+/// and carriage return escaped with a backslash, and from PostgreSQL 14 on the backslash
+/// itself (13's reader keeps a backslash that precedes anything else).
+fn tablespace_map_path(path: &str, version_num: u32) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '\\' if version_num >= 140000 => out.push_str("\\\\"),
+            '\n' | '\r' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Rewrites `tablespace_map` lines of remapped tablespaces.
-fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>) -> Result<(), Failure> {
+fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>, version_num: u32) -> Result<(), Failure> {
     if map.is_empty() {
         return Ok(());
     }
@@ -237,7 +255,7 @@ fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>) -> Result<(), Fa
         let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
         match oid.and_then(|o| map.get(&o).map(|d| (o, d))) {
             Some((o, d)) => {
-                let escaped = d.display().to_string().replace('\\', "\\\\").replace('\n', "\\\n");
+                let escaped = tablespace_map_path(&d.display().to_string(), version_num);
                 out.push_str(&format!("{o} {escaped}\n"));
             }
             None => {
@@ -343,7 +361,7 @@ async fn restore_with(
     let written = async {
         let stats =
             extract::extract(repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io).await?;
-        remap_tablespaces(&opts.pgdata, &opts.tablespace_map)?;
+        remap_tablespaces(&opts.pgdata, &opts.tablespace_map, backup.server_version_num)?;
         let user_sets = |key: &str| opts.set.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
         let mut set = Vec::new();
         let mut notes = Vec::new();
@@ -428,4 +446,16 @@ async fn restore_with(
         report.log.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespace_map_paths_are_escaped_as_each_major_reads_them() {
+        assert_eq!(tablespace_map_path("/srv/ts", 180004), "/srv/ts");
+        assert_eq!(tablespace_map_path("/a\\b\nc\rd", 150000), "/a\\\\b\\\nc\\\rd");
+        assert_eq!(tablespace_map_path("/a\\b\nc", 130023), "/a\\b\\\nc", "13 keeps other backslashes");
+    }
 }

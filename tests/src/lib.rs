@@ -6,6 +6,7 @@ pub mod campaign;
 pub mod fake_s3;
 pub mod fault_proxy;
 pub mod fs;
+pub mod matrix;
 pub mod pg;
 pub mod receiver;
 pub mod repo;

@@ -4,7 +4,9 @@
 //!
 //! The server programs come from `PITR_TEST_PGBIN`, else the newest
 //! `/usr/lib/postgresql/<major>/bin` (Debian's layout). Missing PostgreSQL is a test failure
-//! with instructions, never a skip.
+//! with instructions, never a skip. The version matrix runs servers of other majors
+//! ([`server_bin`]: `scripts/pg/install-majors.sh` installs them); client programs (psql,
+//! pgbench) always come from [`pg_bin`], they talk to every major.
 
 use std::fs;
 use std::net::TcpListener;
@@ -35,6 +37,35 @@ pub fn pg_bin() -> PathBuf {
             "PostgreSQL server programs not found: run scripts/test.sh (installs postgresql-15) or set PITR_TEST_PGBIN"
         )
     })
+}
+
+/// The majors the version matrix tests, oldest first.
+pub const MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
+
+/// Directory holding the server programs (initdb, pg_ctl, postgres) of PostgreSQL `major`:
+/// Debian's for the major of [`pg_bin`], else `$PITR_PG_CACHE/<major>/bin` (default
+/// `/var/cache/pitr-test/postgresql`, filled by `scripts/pg/install-majors.sh`). Missing
+/// programs fail the test with instructions.
+pub fn server_bin(major: u32) -> PathBuf {
+    let default = pg_bin();
+    if major_of_bin(&default) == Some(major) {
+        return default;
+    }
+    let cache = std::env::var("PITR_PG_CACHE").unwrap_or_else(|_| "/var/cache/pitr-test/postgresql".into());
+    let bin = Path::new(&cache).join(major.to_string()).join("bin");
+    assert!(
+        bin.join("postgres").exists(),
+        "PostgreSQL {major} server programs not found in {}: run scripts/pg/install-majors.sh (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The major version of the `postgres` program in `bin`.
+pub fn major_of_bin(bin: &Path) -> Option<u32> {
+    let out = Command::new(bin.join("postgres")).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.rsplit(' ').next()?.trim().split('.').next()?.parse().ok()
 }
 
 /// uid and gid of the OS user that runs PostgreSQL, when we are root.
@@ -104,6 +135,8 @@ pub struct TestCluster {
     pub port: u16,
     /// Unix socket directory.
     pub socket_dir: PathBuf,
+    /// The server programs it runs with.
+    pub bin: PathBuf,
     env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
     running: bool,
@@ -113,10 +146,19 @@ impl TestCluster {
     /// `initdb` a new cluster with settings for archiving tests (`extra` lines appended to
     /// postgresql.conf). Not started.
     pub fn init(label: &str, extra: &[String]) -> TestCluster {
+        Self::init_with(pg_bin(), label, extra)
+    }
+
+    /// [`TestCluster::init`] with the server programs of PostgreSQL `major`.
+    pub fn init_major(major: u32, label: &str, extra: &[String]) -> TestCluster {
+        Self::init_with(server_bin(major), label, extra)
+    }
+
+    fn init_with(bin: PathBuf, label: &str, extra: &[String]) -> TestCluster {
         let dir = scratch_dir(label);
         let data = dir.path().join("data");
         let socket_dir = dir.path().to_path_buf();
-        let out = as_server_user(pg_bin().join("initdb"))
+        let out = as_server_user(bin.join("initdb"))
             .args(["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
             .output()
             .expect("initdb");
@@ -134,17 +176,21 @@ impl TestCluster {
         ];
         conf.extend_from_slice(extra);
         Self::append_conf(&data, &conf);
-        TestCluster { data, port, socket_dir, env: Vec::new(), _dir: Some(dir), running: false }
+        TestCluster { data, port, socket_dir, bin, env: Vec::new(), _dir: Some(dir), running: false }
     }
 
-    /// A cluster on an existing data directory (e.g. a restored one) in `dir`.
+    /// A cluster on an existing data directory (e.g. a restored one) in `dir`, run with the
+    /// server programs of its major (`PG_VERSION`).
     pub fn existing(data: PathBuf, socket_dir: PathBuf) -> TestCluster {
+        let major: u32 =
+            fs::read_to_string(data.join("PG_VERSION")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let bin = if major == 0 { pg_bin() } else { server_bin(major) };
         let port = free_port();
         Self::append_conf(
             &data,
             &[format!("port = {port}"), format!("unix_socket_directories = '{}'", socket_dir.display())],
         );
-        TestCluster { data, port, socket_dir, env: Vec::new(), _dir: None, running: false }
+        TestCluster { data, port, socket_dir, bin, env: Vec::new(), _dir: None, running: false }
     }
 
     /// Appends lines to postgresql.conf.
@@ -173,7 +219,7 @@ impl TestCluster {
     /// whether pg_ctl reported a running server.
     pub fn try_start(&mut self) -> bool {
         let log = self.data.with_extension("log");
-        let mut c = as_server_user(pg_bin().join("pg_ctl"));
+        let mut c = as_server_user(self.bin.join("pg_ctl"));
         c.args(["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "120", "start"]);
         for (k, v) in &self.env {
             c.env(k, v);
@@ -191,7 +237,7 @@ impl TestCluster {
     /// Stops the server (fast mode).
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_server_user(pg_bin().join("pg_ctl"))
+            let _ = as_server_user(self.bin.join("pg_ctl"))
                 .args(["-D", self.data.to_str().unwrap(), "-m", "fast", "-w", "-t", "120", "stop"])
                 .output();
             self.running = false;
@@ -279,7 +325,7 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_server_user(pg_bin().join("pg_ctl"))
+            let _ = as_server_user(self.bin.join("pg_ctl"))
                 .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "-t", "60", "stop"])
                 .output();
         }

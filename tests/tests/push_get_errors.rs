@@ -52,6 +52,14 @@ fn push_refusals(repo: &TestRepo) {
     push(repo, &write(dir.path(), &n, &foreign)).fails_with(4, "belongs to database system");
     unchanged("foreign system id");
 
+    // WAL of a major outside 13 to 18 (12's magic, 19's): one line naming the supported ones.
+    for magic in [0xD101u16, 0xD120] {
+        let (n, mut d) = segment(SYSTEM_ID, 1, 6);
+        d[..2].copy_from_slice(&magic.to_le_bytes());
+        push(repo, &write(dir.path(), &n, &d)).fails_with(3, "is not the WAL magic of PostgreSQL 13 to 18");
+        unchanged("unsupported major");
+    }
+
     // A truncated file.
     let (n, d) = segment(SYSTEM_ID, 1, 5);
     push(repo, &write(dir.path(), &n, &d[..1 << 20])).fails_with(3, "truncated");

@@ -1,6 +1,6 @@
 //! The long page header at the start of every WAL segment, and what it tells about the file.
 //!
-//! Mirrors `XLogLongPageHeaderData` (`xlog_internal.h`, identical in PostgreSQL 13–17):
+//! Mirrors `XLogLongPageHeaderData` (`xlog_internal.h`, identical in PostgreSQL 13–18):
 //! little-endian on disk, 40 bytes. pitr supports only little-endian hosts, so a magic that
 //! matches only byte-swapped is refused like any unknown magic.
 
@@ -13,7 +13,7 @@ use crate::lsn::Lsn;
 pub const LONG_HEADER_SIZE: usize = 40;
 /// `XLP_LONG_HEADER`.
 pub const XLP_LONG_HEADER: u16 = 0x0002;
-/// `XLP_ALL_FLAGS` for PostgreSQL 13–17.
+/// `XLP_ALL_FLAGS` for PostgreSQL 13–18.
 pub const XLP_ALL_FLAGS: u16 = 0x000F;
 
 /// A supported PostgreSQL major version, identified by its `XLOG_PAGE_MAGIC`.
@@ -21,8 +21,9 @@ pub const XLP_ALL_FLAGS: u16 = 0x000F;
 #[serde(try_from = "u32", into = "u32")]
 pub struct PgMajor(u32);
 
-/// `XLOG_PAGE_MAGIC` of each supported release (betas differ and are refused).
-const MAGICS: [(u16, u32); 5] = [(0xD106, 13), (0xD10D, 14), (0xD110, 15), (0xD113, 16), (0xD116, 17)];
+/// `XLOG_PAGE_MAGIC` of each supported release (a development or early beta magic of a major,
+/// e.g. 17beta1's 0xD115, is refused; 18's betas already had 0xD118).
+const MAGICS: [(u16, u32); 6] = [(0xD106, 13), (0xD10D, 14), (0xD110, 15), (0xD113, 16), (0xD116, 17), (0xD118, 18)];
 
 impl PgMajor {
     /// The major version for a page magic, if it is a supported release.
@@ -35,7 +36,7 @@ impl PgMajor {
         MAGICS.iter().find(|(_, v)| *v == self.0).map(|(m, _)| *m).unwrap_or(0)
     }
 
-    /// The major version number (13–17).
+    /// The major version number (13–18).
     pub fn number(self) -> u32 {
         self.0
     }
@@ -47,7 +48,7 @@ impl TryFrom<u32> for PgMajor {
         if MAGICS.iter().any(|(_, m)| *m == v) {
             Ok(PgMajor(v))
         } else {
-            Err(format!("PostgreSQL {v} is not supported (13 to 17 are)"))
+            Err(format!("PostgreSQL {v} is not supported (13 to 18 are)"))
         }
     }
 }
@@ -93,7 +94,7 @@ pub enum PageHeaderError {
     #[error("the first page is all zeros: this is not a written WAL segment")]
     Zeroed,
     /// Unknown magic.
-    #[error("page magic 0x{0:04X} is not the WAL magic of PostgreSQL 13 to 17")]
+    #[error("page magic 0x{0:04X} is not the WAL magic of PostgreSQL 13 to 18")]
     UnknownMagic(u16),
     /// Flags say this is not a long header, or carry unknown bits.
     #[error("page flags 0x{0:04X} are not those of a segment's first page")]
@@ -199,8 +200,11 @@ mod tests {
             assert_eq!(PgMajor::from_magic(magic).unwrap().number(), v);
             assert_eq!(PgMajor(v).magic(), magic);
         }
-        assert!(PgMajor::from_magic(0xD114).is_none(), "17 beta magic is refused");
-        assert!(PgMajor::from_magic(0xD118).is_none(), "18 is not supported yet");
+        assert!(PgMajor::from_magic(0xD115).is_none(), "17beta1/2's magic is refused");
+        assert!(PgMajor::from_magic(0xD117).is_none(), "18devel's magic is refused");
+        assert!(PgMajor::from_magic(0xD120).is_none(), "19 is not supported yet");
+        assert!(PgMajor::try_from(12).unwrap_err().contains("13 to 18"));
+        assert!(PgMajor::try_from(19).is_err());
     }
 
     proptest! {

@@ -1,7 +1,7 @@
 //! Walking the records of one WAL segment, to summarise what point-in-time recovery planning
 //! needs: commit and abort times, restore points, segment switches and timeline switches.
 //!
-//! Mirrors `XLogRecord` and the block/data headers of `xlogrecord.h` (PostgreSQL 13–17) and
+//! Mirrors `XLogRecord` and the block/data headers of `xlogrecord.h` (PostgreSQL 13–18) and
 //! the page-continuation rules of `xlogreader.c`. Records are validated like PostgreSQL
 //! validates them (page address, `xl_prev` chain, CRC-32C over the body then the header), and
 //! the walk stops at the first record that does not check out: the end of valid WAL. A record
@@ -44,8 +44,18 @@ const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
 const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
 /// PostgreSQL 15 and later.
 const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
-/// Highest resource manager id of PostgreSQL 13–17 (`RM_MAX_BUILTIN_ID`, logical message = 21).
-const RM_MAX_ID: u8 = 21;
+/// Highest built-in resource manager id of PostgreSQL 13–18 (`RM_MAX_BUILTIN_ID`, logical
+/// message = 21).
+const RM_MAX_BUILTIN_ID: u8 = 21;
+/// Lowest id of an extension's resource manager (`RM_MIN_CUSTOM_ID`, PostgreSQL 15 and later;
+/// up to 255).
+const RM_MIN_CUSTOM_ID: u8 = 128;
+
+/// Whether `rmid` names a resource manager PostgreSQL `major` accepts (`RmgrIdIsValid`): a
+/// built-in one, or from 15 on a custom one; anything else ends the valid WAL.
+fn valid_rmid(rmid: u8, major: PgMajor) -> bool {
+    rmid <= RM_MAX_BUILTIN_ID || (major.number() >= 15 && rmid >= RM_MIN_CUSTOM_ID)
+}
 
 /// A PostgreSQL `TimestampTz`: microseconds since 2000-01-01 00:00:00 UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -284,7 +294,7 @@ impl Walker<'_> {
             };
             let xl_prev = Lsn(u64_at(rec, 8));
             let rmid = rec[17];
-            if rmid > RM_MAX_ID || prev.is_some_and(|p| p != xl_prev) {
+            if !valid_rmid(rmid, self.major) || prev.is_some_and(|p| p != xl_prev) {
                 s.stopped = Some(format!("record at {lsn} does not follow the previous one"));
                 break;
             }
@@ -396,7 +406,8 @@ fn twophase_xid(d: &[u8], info: u8, commit: bool, major: PgMajor) -> Option<u32>
         p = array(p, 12)?; // RelFileNode / RelFileLocator
     }
     if major.number() >= 15 && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
-        p = array(p, 12)?; // xl_xact_stats_item: kind, dboid, objoid (15-17)
+        // xl_xact_stats_item: kind, dboid, objoid (15-17); kind, dboid, objid_lo, objid_hi (18)
+        p = array(p, if major.number() >= 18 { 16 } else { 12 })?;
     }
     if commit && xinfo & XACT_XINFO_HAS_INVALS != 0 {
         p = array(p, 16)?; // SharedInvalidationMessage
@@ -632,6 +643,30 @@ mod tests {
         let mut huge = d.clone();
         huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(twophase_xid(&huge, 0xB0, true, major15), None, "count beyond the record");
+
+        // PostgreSQL 18's dropped-stats items are 16 bytes (a 64-bit object id).
+        let major18 = PgMajor::from_magic(0xD118).unwrap();
+        let mut d18 = d[..d.len() - 4 - 12].to_vec();
+        d18.extend_from_slice(&[9; 16]);
+        d18.extend_from_slice(&753u32.to_le_bytes());
+        assert_eq!(twophase_xid(&d18, 0xB0, true, major18), Some(753));
+        assert_ne!(twophase_xid(&d18, 0xB0, true, major15), Some(753), "17's item size misreads 18");
+        assert_ne!(twophase_xid(&d, 0xB0, true, major18), Some(555), "18's item size misreads 17");
+    }
+
+    #[test]
+    fn custom_resource_managers_are_valid_from_15_on() {
+        let m = |magic| PgMajor::from_magic(magic).unwrap();
+        for rmid in [0, 1, 21] {
+            assert!(valid_rmid(rmid, m(0xD106)) && valid_rmid(rmid, m(0xD118)));
+        }
+        for rmid in [22, 100, 127] {
+            assert!(!valid_rmid(rmid, m(0xD110)) && !valid_rmid(rmid, m(0xD118)), "{rmid}");
+        }
+        for rmid in [128, 200, 255] {
+            assert!(valid_rmid(rmid, m(0xD110)) && valid_rmid(rmid, m(0xD118)), "{rmid}");
+            assert!(!valid_rmid(rmid, m(0xD106)) && !valid_rmid(rmid, m(0xD10D)), "{rmid}");
+        }
     }
 
     #[test]
