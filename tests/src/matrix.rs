@@ -10,7 +10,10 @@
 //!   restore forked (the planner follows the history file);
 //! - [`synchronous_receiver`]: `wal-archiver receive` as the synchronous standby with the
 //!   repository as its durability, the primary killed with SIGKILL, and every acknowledged
-//!   commit restored from the repository alone.
+//!   commit restored from the repository alone;
+//! - [`prepared_transaction_target`]: the xid of a prepared transaction that drops tables is
+//!   in the WAL summaries (its commit record's layout differs by major), so a restore can
+//!   target it.
 
 use std::fs;
 use std::path::PathBuf;
@@ -258,4 +261,29 @@ pub fn synchronous_receiver(major: u32) {
         "PostgreSQL {major}: every acknowledged commit is restored: {r:#?}\n{}",
         s.log()
     );
+}
+
+/// A prepared transaction that drops two tables, committed with COMMIT PREPARED as the last
+/// transaction before a segment switch: `pitr-restore plan --target-xid` finds its xid in the
+/// summaries of the archived WAL. The xid is read from the middle of the commit record, after
+/// arrays whose layout differs by major (dropped-stats items: none before 15, 12 bytes in
+/// 15-17, 16 bytes from 18). Autovacuum is off so that no later transaction widens the
+/// segment's xid range over it.
+pub fn prepared_transaction_target(major: u32) {
+    let repo = TestRepo::local();
+    let extra = ["max_prepared_transactions = 5".to_string(), "autovacuum = off".to_string()];
+    let c = primary(major, "2pc", &repo, repo.archive_command(), &extra);
+    c.sql("CREATE TABLE gone1 (i int); CREATE TABLE gone2 (i int); INSERT INTO gone1 VALUES (1)");
+    let _id = create_backup(&repo, &c, true);
+    let out = c.sql("BEGIN; DROP TABLE gone1; DROP TABLE gone2; SELECT txid_current(); PREPARE TRANSACTION 'p1'");
+    let xid =
+        out.lines().find(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty()).expect("the xid").to_string();
+    c.sql("COMMIT PREPARED 'p1'");
+    let seg = c.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    c.wait_archived(&seg, Duration::from_secs(120));
+
+    let mut p = repo.as_server_user(bins::pitr_restore());
+    p.args(["plan", "--target-xid", &xid]);
+    let r = bins::run(p);
+    assert_eq!(r.code, 0, "PostgreSQL {major}: the prepared transaction {xid} is not found: {r:#?}");
 }

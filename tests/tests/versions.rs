@@ -7,7 +7,7 @@ use pitr_tests::matrix;
 use pitr_tests::pg::MAJORS;
 
 macro_rules! majors {
-    ($($major:literal => $archive:ident, $pitr:ident, $receive:ident;)*) => {
+    ($($major:literal => $archive:ident, $pitr:ident, $receive:ident, $prepared:ident;)*) => {
         $(
             #[test]
             fn $archive() {
@@ -23,6 +23,11 @@ macro_rules! majors {
             fn $receive() {
                 matrix::synchronous_receiver($major);
             }
+
+            #[test]
+            fn $prepared() {
+                matrix::prepared_transaction_target($major);
+            }
         )*
 
         #[test]
@@ -33,10 +38,16 @@ macro_rules! majors {
 }
 
 majors! {
-    13 => pg13_archive_and_fetch, pg13_backup_and_point_in_time, pg13_synchronous_receiver;
-    14 => pg14_archive_and_fetch, pg14_backup_and_point_in_time, pg14_synchronous_receiver;
-    15 => pg15_archive_and_fetch, pg15_backup_and_point_in_time, pg15_synchronous_receiver;
-    16 => pg16_archive_and_fetch, pg16_backup_and_point_in_time, pg16_synchronous_receiver;
-    17 => pg17_archive_and_fetch, pg17_backup_and_point_in_time, pg17_synchronous_receiver;
-    18 => pg18_archive_and_fetch, pg18_backup_and_point_in_time, pg18_synchronous_receiver;
+    13 => pg13_archive_and_fetch, pg13_backup_and_point_in_time, pg13_synchronous_receiver,
+        pg13_prepared_transaction_target;
+    14 => pg14_archive_and_fetch, pg14_backup_and_point_in_time, pg14_synchronous_receiver,
+        pg14_prepared_transaction_target;
+    15 => pg15_archive_and_fetch, pg15_backup_and_point_in_time, pg15_synchronous_receiver,
+        pg15_prepared_transaction_target;
+    16 => pg16_archive_and_fetch, pg16_backup_and_point_in_time, pg16_synchronous_receiver,
+        pg16_prepared_transaction_target;
+    17 => pg17_archive_and_fetch, pg17_backup_and_point_in_time, pg17_synchronous_receiver,
+        pg17_prepared_transaction_target;
+    18 => pg18_archive_and_fetch, pg18_backup_and_point_in_time, pg18_synchronous_receiver,
+        pg18_prepared_transaction_target;
 }
