@@ -90,10 +90,10 @@ if [ -z "${PITR_BENCH_INNER:-}" ]; then
   mkdir -p "$BENCH_TMP"
   rm -rf "$BENCH_TMP/bin" "$BENCH_TMP/run" "$BENCH_TMP/report.md"
   mkdir -p "$BENCH_TMP/bin"
-  for b in wal-archiver basebackup pitr-restore; do cp "$ROOT/target/release/$b" "$BENCH_TMP/bin/$b"; done
+  for b in wal-archiver basebackup pitr-restore; do cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/$b" "$BENCH_TMP/bin/$b"; done
   rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   git -C "$ROOT" diff --quiet HEAD -- common wal-archiver basebackup pitr-restore 2>/dev/null || rev="$rev + uncommitted changes"
-  export PITR_REV="$rev, built $(date -u -r "$ROOT/target/release/pitr-restore" +%FT%TZ)"
+  export PITR_REV="$rev, built $(date -u -r "${CARGO_TARGET_DIR:-$ROOT/target}/release/pitr-restore" +%FT%TZ)"
   if [ "$(id -u)" = 0 ]; then
     chown postgres: "$BENCH_TMP" "$BENCH_TMP"/bin "$BENCH_TMP"/bin/*
     runuser -u postgres -- env PITR_BENCH_INNER=1 timeout -k 30 "${BENCH_LIMIT:-7200}" bash "$HERE/compare-backup-restore.sh"

@@ -67,10 +67,10 @@ if [ -z "${PITR_BENCH_INNER:-}" ]; then
   fi
   rm -rf "$BENCH_TMP"
   mkdir -p "$BENCH_TMP/bin"
-  cp "$ROOT/target/release/wal-archiver" "$BENCH_TMP/bin/wal-archiver"
+  cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/wal-archiver" "$BENCH_TMP/bin/wal-archiver"
   rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   git -C "$ROOT" diff --quiet HEAD -- common wal-archiver 2>/dev/null || rev="$rev + uncommitted changes"
-  export PITR_REV="$rev, built $(date -u -r "$ROOT/target/release/wal-archiver" +%FT%TZ)"
+  export PITR_REV="$rev, built $(date -u -r "${CARGO_TARGET_DIR:-$ROOT/target}/release/wal-archiver" +%FT%TZ)"
   if [ "$(id -u)" = 0 ]; then
     chown -R postgres: "$BENCH_TMP"
     runuser -u postgres -- env PITR_BENCH_INNER=1 timeout -k 30 "${BENCH_LIMIT:-5400}" bash "$HERE/compare-push-get.sh" "$CORPUS" "$RUNS"
