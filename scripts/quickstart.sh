@@ -30,7 +30,17 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env "$@"; else env 
 step() { printf '\n== %s\n' "$1" >&2; }
 # Prints the command as a user would type it, then runs it (as the postgres OS user when we
 # are root: PostgreSQL and its archive_command run as that user).
-run() { printf '$ %s\n' "$*" | sed "s#$BIN_DIR/##g" >&2; as_pg "${ENV[@]}" PATH="$BIN_DIR:$PGBIN:$PATH" "$@"; }
+run() {
+  local shown="" a
+  for a in "$@"; do
+    case "$a" in
+      *[!A-Za-z0-9_./:=@%+,-]*|'') shown+=" '${a//\'/\'\\\'\'}'" ;;
+      *) shown+=" $a" ;;
+    esac
+  done
+  printf '$%s\n' "$shown" >&2
+  as_pg "${ENV[@]}" PATH="$BIN_DIR:$PGBIN:$PATH" "$@"
+}
 sql() { as_pg "$PGBIN/psql" -X -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$1" -U postgres -d postgres -c "$2"; }
 
 START=$(date +%s)
