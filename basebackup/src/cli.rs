@@ -92,6 +92,10 @@ pub enum Command {
         /// Check every backup of the cluster.
         #[arg(long)]
         all: bool,
+        /// One JSON object per backup checked (id, ok, files, chunks, bytes, WAL range,
+        /// problems) instead of text; the exit status is the same.
+        #[arg(long)]
+        json: bool,
     },
     /// Retention: delete the backups the policy no longer keeps, and the WAL only they need.
     ///

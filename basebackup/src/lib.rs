@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
             Command::List { json } => list::list(&config, json).await,
-            Command::Verify { id, all } => verify::verify(&config, id, all).await,
+            Command::Verify { id, all, json } => verify::verify(&config, id, all, json).await,
             Command::Expire { keep_backups, keep_within, dry_run, json } => {
                 // Each value with where it came from: a flag (or its variable) beats the file.
                 let flags = &cli.repo.sources;

@@ -42,8 +42,29 @@ pub struct Verified {
     pub raw_bytes: u64,
 }
 
-/// Verifies `id`, every backup (`all`), or the newest one; prints one line per sound backup.
-pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<(), Failure> {
+/// One backup's result as `verify --json` prints it (one object per line).
+fn json_line(e: &BackupEntry, result: Result<&Verified, &Failure>) -> String {
+    let (files, chunks, bytes, problems) = match result {
+        Ok(v) => (Some(v.files as u64), Some(v.chunks), Some(v.raw_bytes), vec![]),
+        Err(f) => (None, None, None, vec![f.to_string()]),
+    };
+    serde_json::json!({
+        "id": e.id,
+        "ok": result.is_ok(),
+        "files": files,
+        "chunks": chunks,
+        "bytes": bytes,
+        "wal_start_segment": e.wal_start_segment,
+        "wal_stop_segment": e.wal_stop_segment,
+        "problems": problems,
+    })
+    .to_string()
+}
+
+/// Verifies `id`, every backup (`all`), or the newest one; prints one line per backup (a
+/// damaged one among several: `DAMAGED` and why; `json`: one JSON object per backup, also a
+/// single damaged one, whose problem is then also the error).
+pub async fn verify(config: &Config, id: Option<String>, all: bool, json: bool) -> Result<(), Failure> {
     let repo = config.open_repository(false).await?;
     let entries = match id {
         Some(id) => {
@@ -82,7 +103,16 @@ pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<()
     // error) stops the run.
     let mut damaged = Vec::new();
     for e in &entries {
-        match verify_backup(&repo, e).await {
+        let result = verify_backup(&repo, e).await;
+        if json {
+            match &result {
+                Ok(v) => println!("{}", json_line(e, Ok(v))),
+                Err(f) if f.kind == FailureKind::Corrupt => println!("{}", json_line(e, Err(f))),
+                Err(_) => {}
+            }
+        }
+        match result {
+            Ok(_) if json => {}
             Ok(v) => println!(
                 "{}: ok ({} files, {} chunks, {} raw; WAL {} to {} present)",
                 e.id,
@@ -95,13 +125,15 @@ pub async fn verify(config: &Config, id: Option<String>, all: bool) -> Result<()
             // One backup checked: its problem is the error line itself.
             Err(f) if entries.len() == 1 => return Err(f),
             Err(f) if f.kind == FailureKind::Corrupt => {
-                println!("{}: DAMAGED: {f}", e.id);
+                if !json {
+                    println!("{}: DAMAGED: {f}", e.id);
+                }
                 damaged.push(e.id.clone());
             }
             Err(f) => return Err(f),
         }
     }
-    if all && entries.is_empty() {
+    if all && entries.is_empty() && !json {
         println!("no backups in cluster {:?}", repo.cluster());
     }
     match damaged.len() {

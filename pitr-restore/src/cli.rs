@@ -26,6 +26,10 @@ The plan is made and checked before anything is written: pitr-restore refuses (e
 no backup ends before the target, when WAL between the backup and the target is missing, or
 when the target lies beyond the archived WAL. `pitr-restore plan` prints the plan only.
 
+Output: the plan and progress go to stderr (a progress bar on a terminal, else a line every
+5 s with the phase, bytes, files and rate; --no-progress or --quiet turn it off), the summary
+to stdout; --json prints the plan or the restore's summary as one JSON object instead.
+
 Exit status: 0 success; 1 no such backup (--backup); 2 usage error; 4 a destination directory
 is not empty (use --force) or a server is running on it; 5 repository unreachable; 6 the
 backup is damaged (the partial restore is removed); 7 bad configuration; 8 local error;
@@ -40,6 +44,11 @@ pub struct Cli {
     /// Log what is being done (to stderr); PITR_LOG=debug for more.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// One JSON object on stdout instead of text: the plan (`plan --json`), or the restore's
+    /// summary (backup, target, files, bytes, seconds per phase, and with --start what the
+    /// server did). Progress and the plan still go to stderr. See docs/restore.md.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// Repository and cluster settings (`--pgdata` is the directory to restore into).
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -68,12 +77,9 @@ pub enum Command {
     ///
     /// The target options work before or after `plan` (`pitr-restore plan --target-time T`,
     /// `pitr-restore --repo R --target-time T plan`); restore options (--force, --start, ...)
-    /// do not apply.
-    Plan {
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    /// do not apply. With --json: one JSON object (backup, target, WAL range, where recovery
+    /// stops).
+    Plan,
 }
 
 /// The recovery target options.
@@ -150,6 +156,16 @@ pub struct RestoreArgs {
     /// With --start: connection string for the checks [default: the restored server's socket].
     #[arg(long, short = 'd', value_name = "CONNINFO")]
     pub dbname: Option<common::config::ConnString>,
+    /// Show no progress on stderr (by default: a progress bar on a terminal, else a line
+    /// every 5 seconds with the phase, bytes, files and rate).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// No progress and no plan on stderr: only the summary on stdout, and errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Milliseconds between progress lines when stderr is not a terminal (for tests).
+    #[arg(long, value_name = "MS", default_value_t = 5000, hide = true)]
+    pub progress_interval_ms: u64,
 }
 
 fn usage(msg: impl std::fmt::Display) -> Failure {
@@ -244,7 +260,7 @@ impl RestoreArgs {
     /// nothing): compared with what an empty command line parses to.
     pub fn given_option(&self) -> Option<&'static str> {
         let none = Cli::try_parse_from(["pitr-restore"]).map(|c| c.restore).ok()?;
-        let checks: [(&str, bool); 12] = [
+        let checks: [(&str, bool); 15] = [
             ("--force", self.force != none.force),
             ("--tablespace", self.tablespaces != none.tablespaces),
             ("--jobs", self.jobs != none.jobs),
@@ -256,9 +272,21 @@ impl RestoreArgs {
             ("--start-timeout", self.start_timeout != none.start_timeout),
             ("--smoke-query", self.smoke_query != none.smoke_query),
             ("--dbname", self.dbname != none.dbname),
+            ("--no-progress", self.no_progress != none.no_progress),
+            ("--quiet", self.quiet != none.quiet),
+            ("--progress-interval-ms", self.progress_interval_ms != none.progress_interval_ms),
             ("(any)", *self != none),
         ];
         checks.iter().find(|(_, differs)| *differs).map(|(name, _)| *name)
+    }
+
+    /// How to show progress.
+    pub fn progress(&self) -> crate::progress::Mode {
+        if self.no_progress || self.quiet {
+            crate::progress::Mode::Off
+        } else {
+            crate::progress::Mode::Auto { interval: Duration::from_millis(self.progress_interval_ms.max(1)) }
+        }
     }
 
     /// The drill options, when --start was given.

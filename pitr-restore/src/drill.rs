@@ -10,6 +10,7 @@ use common::exit::{Failure, FailureKind};
 use common::lsn::Lsn;
 use common::pgwire::{ConnParams, Connection};
 
+use crate::progress::{Counters, Phase};
 use crate::target::{Action, Target, TargetKind};
 
 /// How to run the server.
@@ -170,8 +171,14 @@ async fn check_recovery_end(data: &Path, ctl: &Path, params: &ConnParams, expect
     }
 }
 
-/// Starts the server on `data` and waits until it reached `target`.
-pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<DrillReport, Failure> {
+/// Starts the server on `data` and waits until it reached `target`. What the poll sees (the
+/// replayed LSN, the last transaction's time) goes to `progress`.
+pub async fn run(
+    data: &Path,
+    target: &Target,
+    opts: &DrillOptions,
+    progress: &Counters,
+) -> Result<DrillReport, Failure> {
     if rustix::process::geteuid().is_root() {
         return Err(Failure::msg(
             FailureKind::Usage,
@@ -193,6 +200,7 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
     if !out.status.success() {
         return Err(server(format!("{} start failed: {}", ctl.display(), String::from_utf8_lossy(&out.stderr).trim())));
     }
+    progress.set_phase(Phase::Recovery);
     // Without a target, recovery ends at the end of the WAL and the server promotes.
     let action = if target.kind == TargetKind::Latest { Action::Promote } else { target.action };
     let deadline = started + opts.timeout;
@@ -267,6 +275,10 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
         };
         let in_recovery = state.first().cloned().flatten().as_deref() == Some("true");
         let paused = state.get(1).cloned().flatten().as_deref() == Some("paused");
+        progress.set_replayed(
+            state.get(2).cloned().flatten().and_then(|l| l.parse().ok()),
+            state.get(3).cloned().flatten(),
+        );
         if action == Action::Promote && opts.promote_when_paused && in_recovery && paused && !promote_sent {
             promote(data, &ctl).await?;
             promote_sent = true;
@@ -301,9 +313,11 @@ pub async fn run(data: &Path, target: &Target, opts: &DrillOptions) -> Result<Dr
     }
 }
 
-/// The poll of the drill: whether the server is in recovery, and whether replay is paused
-/// (`paused` then). `pg_get_wal_replay_pause_state()` exists from PostgreSQL 14 on; 13 has
-/// only `pg_is_wal_replay_paused()`, which says the same once recovery pauses at its target.
+/// The poll of the drill: whether the server is in recovery, whether replay is paused
+/// (`paused` then), and for the progress report the last replayed LSN and the time of the
+/// last transaction replayed. `pg_get_wal_replay_pause_state()` exists from PostgreSQL 14 on;
+/// 13 has only `pg_is_wal_replay_paused()`, which says the same once recovery pauses at its
+/// target.
 fn pause_state_query(server_version: Option<&str>) -> &'static str {
     let major: u32 = server_version
         .map(|v| v.chars().take_while(char::is_ascii_digit).collect::<String>())
@@ -311,9 +325,11 @@ fn pause_state_query(server_version: Option<&str>) -> &'static str {
         .unwrap_or(0);
     if major == 13 {
         "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN \
-         CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END END"
+         CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END END, \
+         pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text"
     } else {
-        "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"
+        "SELECT pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, \
+         pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text"
     }
 }
 

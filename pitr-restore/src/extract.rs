@@ -40,6 +40,8 @@ use common::repository::Repository;
 use common::storage::ObjectKey;
 use common::tar::{FileDigest, FileDigests, MemberKind, TarError, TarHeader, TarReader, TarVisitor};
 
+use crate::progress::Counters;
+
 /// Bytes written to a file after which the syncer thread flushes them to disk.
 const SYNC_EVERY: u64 = 32 << 20;
 /// Files whose last unsynced part is shorter than this are left to the final `syncfs`.
@@ -155,16 +157,23 @@ enum WriteOp {
 }
 
 /// The writer thread: writes pieces in order, passes sync requests on once the writes before
-/// them are done. Returns the bytes written with `O_DIRECT`.
-fn writer(rx: mpsc::Receiver<WriteOp>, syncer: &Syncer, root: &Path) -> Result<u64, String> {
+/// them are done, and counts the bytes written in `progress`. Returns the bytes written with
+/// `O_DIRECT`.
+fn writer(rx: mpsc::Receiver<WriteOp>, syncer: &Syncer, root: &Path, progress: &Counters) -> Result<u64, String> {
     let io = |e: std::io::Error| format!("cannot write under {}: {e}", root.display());
     let mut direct = 0u64;
     for op in rx {
         direct += match op {
             WriteOp::Piece { file, offset, chunk, range } => {
-                file.write_at(&chunk.raw.as_slice()[range], offset).map_err(io)?
+                let n = file.write_at(&chunk.raw.as_slice()[range.clone()], offset).map_err(io)?;
+                progress.add_bytes(range.len() as u64);
+                n
             }
-            WriteOp::Owned { file, offset, bytes } => file.write_at(&bytes, offset).map_err(io)?,
+            WriteOp::Owned { file, offset, bytes } => {
+                let n = file.write_at(&bytes, offset).map_err(io)?;
+                progress.add_bytes(bytes.len() as u64);
+                n
+            }
             WriteOp::Sync(file) => {
                 syncer.sync(file);
                 0
@@ -249,6 +258,8 @@ pub async fn manifest(repo: &Repository, e: &BackupEntry) -> Result<Manifest, Fa
 /// Restores every archive of `e` (the data directory into `data`, tablespace `oid` into
 /// `tablespaces[oid]`), then checks every file against `manifest`. `ahead` chunks are in
 /// flight at once (at least 1); `direct` writes large files with `O_DIRECT` where possible.
+/// The bytes and files written are counted in `progress` as they are written.
+#[allow(clippy::too_many_arguments)]
 pub async fn extract(
     repo: &Repository,
     e: &BackupEntry,
@@ -257,6 +268,7 @@ pub async fn extract(
     tablespaces: &BTreeMap<u32, PathBuf>,
     ahead: usize,
     direct: bool,
+    progress: &Arc<Counters>,
 ) -> Result<Extracted, Failure> {
     let mut found = BTreeMap::new();
     let mut total = Extracted::default();
@@ -267,7 +279,7 @@ pub async fn extract(
                 tablespaces.get(&oid).cloned().ok_or_else(|| local(format!("no destination for tablespace {oid}")))?
             }
         };
-        let (files, stats) = extract_archive(repo, &e.id, a, &dest, ahead.max(1), direct).await?;
+        let (files, stats) = extract_archive(repo, &e.id, a, &dest, ahead.max(1), direct, progress).await?;
         let prefix = a.tablespace_oid.map(|o| format!("pg_tblspc/{o}/")).unwrap_or_default();
         for (path, d) in files {
             let mut p = prefix.clone().into_bytes();
@@ -292,6 +304,7 @@ async fn extract_archive(
     dest: &Path,
     ahead: usize,
     direct: bool,
+    progress: &Arc<Counters>,
 ) -> Result<(BTreeMap<Vec<u8>, FileDigest>, Extracted), Failure> {
     let keys: Vec<ObjectKey> = (0..a.chunks)
         .map(|n| ObjectKey::new(catalog::chunk_key(repo.cluster(), id, &a.name, n)))
@@ -300,16 +313,17 @@ async fn extract_archive(
     let pool = BufferPool::default();
     let dest_owned = dest.to_path_buf();
     let returned = pool.clone();
+    let (counted, files_counted) = (progress.clone(), progress.clone());
     let writer = std::thread::spawn(move || -> Result<(Extractor, TarReader), TarError> {
         let (writes, queue) = mpsc::sync_channel::<WriteOp>(WRITE_QUEUE);
         let root = dest_owned.clone();
         let write_thread = std::thread::spawn(move || {
             let mut syncer = Syncer::new(root.clone());
-            let written = writer(queue, &syncer, &root);
+            let written = writer(queue, &syncer, &root, &counted);
             let synced = syncer.finish();
             written.and_then(|direct| synced.map(|()| direct))
         });
-        let mut x = Extractor::new(dest_owned, writes, direct);
+        let mut x = Extractor::new(dest_owned, writes, direct, files_counted);
         let mut reader = TarReader::new();
         let mut fed = Ok(());
         for raw in rx {
@@ -415,6 +429,8 @@ struct Extractor {
     direct: bool,
     /// Bytes the writer wrote with `O_DIRECT` (known once it finished).
     direct_bytes: u64,
+    /// Counts the files extracted.
+    progress: Arc<Counters>,
 }
 
 fn visitor_error(msg: String) -> TarError {
@@ -422,7 +438,7 @@ fn visitor_error(msg: String) -> TarError {
 }
 
 impl Extractor {
-    fn new(root: PathBuf, writes: mpsc::SyncSender<WriteOp>, direct: bool) -> Extractor {
+    fn new(root: PathBuf, writes: mpsc::SyncSender<WriteOp>, direct: bool, progress: Arc<Counters>) -> Extractor {
         Extractor {
             root,
             digests: FileDigests::new(),
@@ -433,6 +449,7 @@ impl Extractor {
             bytes: 0,
             direct,
             direct_bytes: 0,
+            progress,
         }
     }
 
@@ -523,6 +540,7 @@ impl TarVisitor for Extractor {
             if self.unsynced >= SYNC_MIN {
                 self.send(WriteOp::Sync(file))?;
             }
+            self.progress.add_file();
         }
         self.digests.end()
     }
@@ -587,7 +605,10 @@ mod tests {
             let repo = Repository::new(storage, "main", RetryPolicy::with_retries(0));
             let a = store(&repo, &tar, chunk).await;
             let dir = tempfile::tempdir().unwrap();
-            let (files, stats) = extract_archive(&repo, ID, &a, dir.path(), 3, direct).await.unwrap();
+            let progress = Arc::new(Counters::default());
+            let (files, stats) = extract_archive(&repo, ID, &a, dir.path(), 3, direct, &progress).await.unwrap();
+            let counted = progress.snapshot();
+            assert_eq!((counted.bytes, counted.files), (stats.bytes, stats.files), "progress counts what was written");
             assert_eq!(fs::read(dir.path().join("base/5/16396")).unwrap(), big);
             assert!(fs::read(dir.path().join("base/5/16397")).unwrap() == large, "chunk {chunk} direct {direct}");
             assert_eq!(fs::read(dir.path().join("PG_VERSION")).unwrap(), b"15\n");
@@ -664,7 +685,7 @@ mod tests {
         let a = store(&repo, &tar, 4096).await;
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("base/5/2")).unwrap();
-        let e = extract_archive(&repo, ID, &a, dir.path(), 2, true).await.unwrap_err();
+        let e = extract_archive(&repo, ID, &a, dir.path(), 2, true, &Default::default()).await.unwrap_err();
         assert_eq!(e.kind, FailureKind::LocalIo, "{e}");
         assert!(e.to_string().contains("cannot create") && e.to_string().contains("base/5/2"), "{e}");
     }

@@ -10,13 +10,17 @@
 //! - [`extract`]: the data directory rebuilt from a backup's chunks, verified;
 //! - [`recovery_conf`]: recovery.signal and the recovery settings;
 //! - [`drill`]: `--start`, running the server to the target;
+//! - [`progress`]: what the restore shows while it runs (a bar, or a line every few seconds);
+//! - [`report`]: the JSON shapes of `--json` (the plan, the restore's summary);
 //! - [`restore`]: all of it in order.
 
 pub mod cli;
 pub mod drill;
 pub mod extract;
 pub mod plan;
+pub mod progress;
 pub mod recovery_conf;
+pub mod report;
 pub mod restore;
 pub mod source;
 pub mod target;
@@ -34,7 +38,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     let rt = common::cmdline::runtime(2)?;
     common::cmdline::run_as_task(&rt, async move {
         match cli.command {
-            Some(Command::Plan { json }) => {
+            Some(Command::Plan) => {
                 if let Some(option) = cli.restore.given_option() {
                     return Err(Failure::msg(
                         FailureKind::Usage,
@@ -43,8 +47,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 let t = cli.target.target()?;
                 let p = restore::plan(&config, &t, cli.target.backup.as_deref()).await?;
-                if json {
-                    println!("{}", serde_json::to_string(&p).unwrap_or_default());
+                if cli.json {
+                    println!("{}", report::to_line(&report::PlanJson::new(&p, &t)));
                 } else {
                     print!("{}", p.render());
                 }
@@ -75,6 +79,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     },
                     set: cli.restore.settings()?,
                     start: cli.restore.drill(),
+                    output: restore::Output {
+                        json: cli.json,
+                        quiet: cli.restore.quiet,
+                        progress: cli.restore.progress(),
+                    },
                 };
                 restore::restore(&config, &opts).await
             }

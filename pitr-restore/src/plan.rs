@@ -30,7 +30,6 @@ use common::lsn::Lsn;
 use common::wal::history;
 use common::wal::record::{PgTimestamp, SegmentSummary};
 use common::wal::{TimelineId, WalFileName, WalSegmentSize};
-use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::source::{Listing, WalSource};
@@ -40,11 +39,10 @@ use crate::timeline::TimelinePath;
 /// Segment summaries read ahead of the one being judged.
 const LOOKAHEAD: usize = 16;
 
-/// A plan that can be carried out.
-#[derive(Debug, Clone, Serialize)]
+/// A plan that can be carried out (`crate::report` prints it as JSON).
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// The backup to restore.
-    #[serde(skip)]
     pub backup: BackupEntry,
     /// Its id.
     pub backup_id: String,
@@ -71,17 +69,11 @@ pub struct Plan {
     pub last_transaction: Option<String>,
     /// For a restore to the latest WAL: the end of the valid WAL in the last segment, where
     /// recovery must get to (`pitr-restore --start` checks that it did).
-    #[serde(serialize_with = "lsn_text")]
     pub recovery_end: Option<Lsn>,
+    /// The end of the last segment: recovery replays no WAL beyond it.
+    pub last_segment_end: Lsn,
     /// Newer backups that would have been chosen but are damaged (missing objects), with why.
     pub skipped_backups: Vec<String>,
-}
-
-fn lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
-    match l {
-        Some(l) => s.serialize_str(&l.to_string()),
-        None => s.serialize_none(),
-    }
 }
 
 fn refuse(msg: impl std::fmt::Display) -> Failure {
@@ -495,11 +487,24 @@ pub async fn make_plan(
         stop,
         last_transaction: scanned.last_xact.map(pg_time_text),
         recovery_end: if target.kind == TargetKind::Latest { scanned.end } else { None },
+        last_segment_end: Lsn((scanned.last + 1) * size.bytes()),
         skipped_backups: Vec::new(),
     })
 }
 
 impl Plan {
+    /// Where replay of this plan ends for `target`, and whether that is where recovery stops
+    /// (`true`: an LSN target, the backup's end for `immediate`, the end of the valid WAL for
+    /// latest) or only a bound (`false`: the end of the segment holding the target).
+    pub fn replay_end(&self, target: &Target) -> (Lsn, bool) {
+        match &target.kind {
+            TargetKind::Lsn(l) => (*l, true),
+            TargetKind::Immediate => (self.backup.stop_lsn, true),
+            TargetKind::Latest => self.recovery_end.map_or((self.last_segment_end, false), |e| (e, true)),
+            TargetKind::Time(_) | TargetKind::Xid(_) | TargetKind::Name(_) => (self.last_segment_end, false),
+        }
+    }
+
     /// The plan for people.
     pub fn render(&self) -> String {
         let b = &self.backup;
@@ -696,12 +701,32 @@ mod tests {
     #[tokio::test]
     async fn lsn_xid_name_latest_immediate() {
         let (f, b) = archive();
-        let p = plan(f, b.clone(), target(TargetKind::Lsn(Lsn(5 * SEG + 100)))).await.unwrap();
+        let t = target(TargetKind::Lsn(Lsn(5 * SEG + 100)));
+        let p = plan(f, b.clone(), t.clone()).await.unwrap();
         assert_eq!((p.backup_id.as_str(), p.last_segment.as_str()), ("B1", "000000010000000000000005"));
+        assert_eq!(p.replay_end(&t), (Lsn(5 * SEG + 100), true), "an LSN target is where replay ends");
+        let j = serde_json::to_value(crate::report::PlanJson::new(&p, &t)).unwrap();
+        assert_eq!((j["backup_id"].as_str(), j["backup"]["id"].as_str()), (Some("B1"), Some("B1")));
+        assert_eq!((j["target"]["kind"].as_str(), j["target"]["value"].as_str()), (Some("lsn"), Some("0/5000064")));
+        assert_eq!((j["target"]["timeline"].as_u64(), j["target"]["inclusive"].as_bool()), (Some(1), Some(true)));
+        assert_eq!(j["wal"]["first_segment"], "000000010000000000000002");
+        assert_eq!(
+            (j["wal"]["last_segment"].as_str(), j["wal"]["segments"].as_u64()),
+            (Some(&*p.last_segment), Some(4))
+        );
+        assert_eq!(
+            (j["stop"]["segment"].as_str(), j["stop"]["lsn"].as_str()),
+            (Some(&*p.last_segment), Some("0/5000064"))
+        );
+        assert!(j["stop"]["description"].as_str().unwrap().starts_with("at LSN 0/5000064"), "{j}");
 
         let (f, _) = archive();
-        let p = plan(f, b.clone(), target(TargetKind::Xid(1091))).await.unwrap();
+        let t = target(TargetKind::Xid(1091));
+        let p = plan(f, b.clone(), t.clone()).await.unwrap();
         assert_eq!((p.backup_id.as_str(), p.last_segment.as_str()), ("B2", "000000010000000000000009"));
+        assert_eq!(p.replay_end(&t), (Lsn(10 * SEG), false), "at most the end of the target's segment");
+        let j = serde_json::to_value(crate::report::PlanJson::new(&p, &t)).unwrap();
+        assert!(j["stop"]["lsn"].is_null() && j["target"]["value"] == "1091", "{j}");
 
         let (f, _) = archive();
         let e = plan(f, b.clone(), target(TargetKind::Xid(5000))).await.unwrap_err();
@@ -734,6 +759,7 @@ mod tests {
         let p = plan(f, b.clone(), target(TargetKind::Latest)).await.unwrap();
         assert_eq!((p.backup_id.as_str(), p.last_segment.as_str(), p.segments), ("B2", "00000001000000000000000A", 5));
         assert_eq!(p.recovery_end, Some(Lsn(10 * SEG + SEG - 8)), "the last segment's valid end");
+        assert_eq!(p.replay_end(&target(TargetKind::Latest)), (Lsn(10 * SEG + SEG - 8), true));
 
         let (f, _) = archive();
         let p = plan(f, b.clone(), target(TargetKind::Immediate)).await.unwrap();

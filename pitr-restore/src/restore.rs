@@ -17,7 +17,9 @@ use common::repository::Repository;
 use crate::drill::{self, DrillOptions};
 use crate::extract;
 use crate::plan::{make_plan, Plan};
+use crate::progress::{self, Phase, Progress};
 use crate::recovery_conf;
+use crate::report::{self, Durations, RestoreJson};
 use crate::source::RepoSource;
 use crate::target::{Action, Target};
 
@@ -46,6 +48,25 @@ pub struct RestoreOptions {
     pub set: Vec<(String, String)>,
     /// Start the server and wait for the target.
     pub start: Option<DrillOptions>,
+    /// What to print.
+    pub output: Output,
+}
+
+/// What a restore prints: the plan on stderr, progress on stderr, the summary on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    /// The summary as one JSON object instead of lines for people.
+    pub json: bool,
+    /// No plan on stderr.
+    pub quiet: bool,
+    /// Progress on stderr.
+    pub progress: progress::Mode,
+}
+
+impl Default for Output {
+    fn default() -> Output {
+        Output { json: false, quiet: false, progress: progress::Mode::Auto { interval: progress::LINE_EVERY } }
+    }
 }
 
 fn local(msg: impl std::fmt::Display) -> Failure {
@@ -275,16 +296,24 @@ fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>, version_num: u32
 /// when `--start` has run recovery to its end; otherwise (the server is started later) it ends
 /// by itself after [`LEASE_AFTER_RESTORE`].
 pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    let progress = Progress::start(opts.output.progress);
     let (repo, backups, size) = open(config).await?;
     let mut lease = RestoreLeaseHandle::begin(&repo, LEASE_WHILE_PLANNING).await;
     let mut recovery_may_run = false;
-    let result = restore_with(config, opts, &repo, backups, size, &mut lease, &mut recovery_may_run).await;
+    let result =
+        restore_with(config, opts, &repo, backups, size, &mut lease, &mut recovery_may_run, &progress, t0).await;
     if let Some(l) = lease {
         if (result.is_err() && !recovery_may_run) || (result.is_ok() && opts.start.is_some()) {
             l.release().await;
         }
     }
-    result
+    progress.finish();
+    let summary = result?;
+    if opts.output.json {
+        println!("{}", report::to_line(&summary));
+    }
+    Ok(())
 }
 
 /// How long a restore lease holds while the restore is planned and the files are written.
@@ -293,6 +322,9 @@ const LEASE_WHILE_PLANNING: Duration = Duration::from_secs(6 * 3600);
 /// hand, later).
 pub const LEASE_AFTER_RESTORE: Duration = Duration::from_secs(24 * 3600);
 
+/// The restore after the repository is open; prints the lines for people as it goes and
+/// returns the summary for `--json`.
+#[allow(clippy::too_many_arguments)]
 async fn restore_with(
     config: &Config,
     opts: &RestoreOptions,
@@ -301,14 +333,19 @@ async fn restore_with(
     size: common::wal::WalSegmentSize,
     lease: &mut Option<RestoreLeaseHandle>,
     recovery_may_run: &mut bool,
-) -> Result<(), Failure> {
-    let t0 = Instant::now();
+    progress: &Progress,
+    t0: Instant,
+) -> Result<RestoreJson, Failure> {
+    let counters = progress.counters();
+    let human = !opts.output.json;
     let plan = checked_plan(repo, backups, &opts.target, size, opts.backup.as_deref()).await?;
     let backup = plan.backup.clone();
     if let Some(l) = lease.as_mut() {
         l.hold(&backup.id, &plan.first_segment, LEASE_WHILE_PLANNING).await;
     }
-    eprint!("{}", plan.render());
+    if !opts.output.quiet {
+        progress.suspend(|| eprint!("{}", plan.render()));
+    }
 
     // Destinations, checked before anything is written.
     let mut tablespaces = BTreeMap::new();
@@ -350,6 +387,7 @@ async fn restore_with(
         ));
     }
     let manifest = extract::manifest(repo, &backup).await?;
+    counters.set_totals(manifest.files.iter().map(|f| f.size).sum(), manifest.files.len() as u64);
 
     for (d, before) in &dirs {
         if let Err(f) = prepare(d, *before) {
@@ -358,9 +396,15 @@ async fn restore_with(
         }
     }
     let fast = drill::fast_promotion(&opts.target, opts.start.is_some(), &opts.set);
+    let t_files = Instant::now();
+    let mut t_settings = t_files;
+    counters.set_phase(Phase::Files);
     let written = async {
         let stats =
-            extract::extract(repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io).await?;
+            extract::extract(repo, &backup, &manifest, &opts.pgdata, &tablespaces, opts.jobs, opts.direct_io, counters)
+                .await?;
+        counters.set_phase(Phase::Settings);
+        t_settings = Instant::now();
         remap_tablespaces(&opts.pgdata, &opts.tablespace_map, backup.server_version_num)?;
         let user_sets = |key: &str| opts.set.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
         let mut set = Vec::new();
@@ -413,39 +457,72 @@ async fn restore_with(
             return Err(Failure::msg(f.kind, format!("{f}; the partial restore was removed")));
         }
     };
+    let t_written = Instant::now();
+    let mut durations = Durations {
+        planning: report::secs(t_files - t0),
+        files: report::secs(t_settings - t_files),
+        settings: report::secs(t_written - t_settings),
+        recovery: None,
+        total: report::secs(t_written - t0),
+    };
     let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "restored backup {} into {}: {} files, {:.1} MB in {:.1} s ({:.0} MB/s, {:.1} MB of it with O_DIRECT); \
-         recovery settings written for {}",
-        backup.id,
-        opts.pgdata.display(),
-        stats.files,
-        stats.bytes as f64 / 1e6,
-        secs,
-        stats.bytes as f64 / 1e6 / secs.max(1e-3),
-        stats.direct_bytes as f64 / 1e6,
-        plan.target
-    );
+    if human {
+        progress.suspend(|| {
+            println!(
+                "restored backup {} into {}: {} files, {:.1} MB in {:.1} s ({:.0} MB/s, {:.1} MB of it with O_DIRECT); \
+                 recovery settings written for {}",
+                backup.id,
+                opts.pgdata.display(),
+                stats.files,
+                stats.bytes as f64 / 1e6,
+                secs,
+                stats.bytes as f64 / 1e6 / secs.max(1e-3),
+                stats.direct_bytes as f64 / 1e6,
+                plan.target
+            )
+        });
+    }
     let Some(drill_opts) = &opts.start else {
-        println!(
-            "next: start the server (pg_ctl -D {} start); it replays WAL through restore_command and stops {}",
-            opts.pgdata.display(),
-            plan.stop
-        );
-        return Ok(());
+        if human {
+            progress.suspend(|| {
+                println!(
+                    "next: start the server (pg_ctl -D {} start); it replays WAL through restore_command and stops {}",
+                    opts.pgdata.display(),
+                    plan.stop
+                )
+            });
+        }
+        return Ok(RestoreJson::new(&plan, &opts.target, &opts.pgdata, &stats, durations, None));
     };
     let drill_opts = DrillOptions { promote_when_paused: fast, expected_end: plan.recovery_end, ..drill_opts.clone() };
-    let report = drill::run(&opts.pgdata, &opts.target, &drill_opts).await?;
-    println!(
-        "server {} after {:.1} s of recovery; total time {:.1} s; last transaction recovered: {}; smoke query: {}; log: {}",
-        report.state,
-        report.recovery.as_secs_f64(),
-        t0.elapsed().as_secs_f64(),
-        report.last_transaction.as_deref().unwrap_or("none"),
-        report.smoke.as_deref().unwrap_or("-"),
-        report.log.display()
-    );
-    Ok(())
+    let (goal, exact) = plan.replay_end(&opts.target);
+    counters.set_replay_goal(backup.start_lsn, goal, exact);
+    counters.set_phase(Phase::Starting);
+    let report = drill::run(&opts.pgdata, &opts.target, &drill_opts, counters).await?;
+    durations.recovery = Some(report::secs(report.recovery));
+    durations.total = report::secs(t0.elapsed());
+    if human {
+        progress.suspend(|| {
+            println!(
+                "server {} after {:.1} s of recovery; total time {:.1} s; last transaction recovered: {}; smoke query: \
+                 {}; log: {}",
+                report.state,
+                report.recovery.as_secs_f64(),
+                t0.elapsed().as_secs_f64(),
+                report.last_transaction.as_deref().unwrap_or("none"),
+                report.smoke.as_deref().unwrap_or("-"),
+                report.log.display()
+            )
+        });
+    }
+    Ok(RestoreJson::new(
+        &plan,
+        &opts.target,
+        &opts.pgdata,
+        &stats,
+        durations,
+        Some((&report, drill_opts.smoke_query.as_str())),
+    ))
 }
 
 #[cfg(test)]
