@@ -22,6 +22,10 @@ eval "$(scripts/s3/s3s-fs.sh start)"
 trap 'scripts/s3/moto.sh stop; scripts/s3/s3s-fs.sh stop' EXIT
 
 cargo build --workspace --all-targets
+# The release build and the Debian package first, on their own: the package test and the
+# quick start use them, and a release build inside the parallel test run would compete with
+# the other tests for the cores.
+scripts/package.sh >/dev/null
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
