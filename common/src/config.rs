@@ -21,10 +21,10 @@ use serde::Deserialize;
 
 use crate::codec::CompressOptions;
 use crate::exit::{Failure, FailureKind};
-use crate::repository::{valid_cluster_name, Repository};
+use crate::repository::{object_class, valid_cluster_name, ObjectClass, Repository};
 use crate::retry::RetryPolicy;
 use storage::local::LocalStorage;
-use storage::s3::{S3Config, S3Options, S3Storage};
+use storage::s3::{storage_class_names, valid_storage_class, S3Config, S3Options, S3Storage, Sse, StorageClassRule};
 use storage::Storage;
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -167,6 +167,21 @@ pub struct RepoArgs {
     /// body arrives; a request over it fails and is retried [default: 60].
     #[arg(long, env = "PITR_S3_TIMEOUT", value_name = "SECS", global = true)]
     pub s3_timeout: Option<u32>,
+    /// S3 server-side encryption of every upload: AES256 (SSE-S3) or aws:kms (SSE-KMS)
+    /// [default: the bucket's default].
+    #[arg(long, env = "PITR_S3_SSE", value_name = "AES256|aws:kms", global = true)]
+    pub s3_sse: Option<String>,
+    /// KMS key (id, ARN or alias) for SSE-KMS; implies --s3-sse aws:kms [default: the
+    /// account's default key].
+    #[arg(long, env = "PITR_S3_SSE_KMS_KEY_ID", value_name = "KEY", global = true)]
+    pub s3_sse_kms_key_id: Option<String>,
+    /// S3 storage class of WAL segments, e.g. STANDARD_IA [default: the bucket's default].
+    #[arg(long, env = "PITR_S3_STORAGE_CLASS_WAL", value_name = "CLASS", global = true)]
+    pub s3_storage_class_wal: Option<String>,
+    /// S3 storage class of base backups' chunks and manifests, e.g. GLACIER_IR [default: the
+    /// bucket's default].
+    #[arg(long, env = "PITR_S3_STORAGE_CLASS_BACKUP", value_name = "CLASS", global = true)]
+    pub s3_storage_class_backup: Option<String>,
     /// PostgreSQL data directory.
     #[arg(long, short = 'D', env = "PITR_PGDATA", value_name = "DIR", global = true)]
     pub pgdata: Option<PathBuf>,
@@ -203,6 +218,14 @@ pub struct FileConfig {
     pub s3_path_style: Option<bool>,
     /// See [`RepoArgs::s3_timeout`].
     pub s3_timeout: Option<u32>,
+    /// See [`RepoArgs::s3_sse`].
+    pub s3_sse: Option<String>,
+    /// See [`RepoArgs::s3_sse_kms_key_id`].
+    pub s3_sse_kms_key_id: Option<String>,
+    /// See [`RepoArgs::s3_storage_class_wal`].
+    pub s3_storage_class_wal: Option<String>,
+    /// See [`RepoArgs::s3_storage_class_backup`].
+    pub s3_storage_class_backup: Option<String>,
     /// See [`RepoArgs::pgdata`].
     pub pgdata: Option<PathBuf>,
     /// See [`RepoArgs::retries`].
@@ -276,6 +299,12 @@ pub struct S3Settings {
     pub path_style: bool,
     /// Request and body-idle time limit.
     pub timeout: std::time::Duration,
+    /// Server-side encryption of uploads.
+    pub sse: Option<Sse>,
+    /// Storage class of WAL segments.
+    pub storage_class_wal: Option<String>,
+    /// Storage class of backup chunks and manifests.
+    pub storage_class_backup: Option<String>,
 }
 
 /// Validated configuration. Its `Debug` leaves out the connection string, which may hold a
@@ -427,6 +456,22 @@ impl Config {
         if let Some(r) = &self.s3.region {
             env.push(("PITR_S3_REGION".into(), r.clone()));
         }
+        match &self.s3.sse {
+            None => {}
+            Some(Sse::S3) => env.push(("PITR_S3_SSE".into(), "AES256".into())),
+            Some(Sse::Kms(key)) => {
+                env.push(("PITR_S3_SSE".into(), "aws:kms".into()));
+                if let Some(k) = key {
+                    env.push(("PITR_S3_SSE_KMS_KEY_ID".into(), k.clone()));
+                }
+            }
+        }
+        if let Some(c) = &self.s3.storage_class_wal {
+            env.push(("PITR_S3_STORAGE_CLASS_WAL".into(), c.clone()));
+        }
+        if let Some(c) = &self.s3.storage_class_backup {
+            env.push(("PITR_S3_STORAGE_CLASS_BACKUP".into(), c.clone()));
+        }
         env
     }
 
@@ -481,11 +526,50 @@ impl Config {
         if !(1..=3600).contains(&timeout) {
             return Err(p.bad("s3-timeout", format!("invalid s3-timeout {timeout}: use 1 to 3600 seconds")));
         }
+        let sse_name = p.pick("s3-sse", args.s3_sse.clone(), file.s3_sse);
+        let kms_key = p.pick("s3-sse-kms-key-id", args.s3_sse_kms_key_id.clone(), file.s3_sse_kms_key_id);
+        let sse = match (sse_name.as_deref(), kms_key) {
+            (None, None) => None,
+            (Some("AES256"), None) => Some(Sse::S3),
+            (Some("AES256"), Some(_)) => {
+                return Err(
+                    p.bad("s3-sse-kms-key-id", "s3-sse-kms-key-id needs s3-sse aws:kms (or no s3-sse), not AES256")
+                )
+            }
+            (Some("aws:kms") | None, key) => Some(Sse::Kms(key)),
+            (Some(other), _) => {
+                return Err(
+                    p.bad("s3-sse", format!("invalid s3-sse {other:?}: use AES256 (SSE-S3) or aws:kms (SSE-KMS)"))
+                )
+            }
+        };
+        let mut classes = [None, None];
+        for (slot, key, arg, from_file) in [
+            (0, "s3-storage-class-wal", args.s3_storage_class_wal.clone(), file.s3_storage_class_wal),
+            (1, "s3-storage-class-backup", args.s3_storage_class_backup.clone(), file.s3_storage_class_backup),
+        ] {
+            if let Some(class) = p.pick(key, arg, from_file) {
+                if !valid_storage_class(&class) {
+                    return Err(p.bad(
+                        key,
+                        format!(
+                            "invalid {key} {class:?}: use an S3 storage class ({})",
+                            storage_class_names().join(", ")
+                        ),
+                    ));
+                }
+                classes[slot] = Some(class);
+            }
+        }
+        let [storage_class_wal, storage_class_backup] = classes;
         let s3 = S3Settings {
             endpoint,
             region: p.pick("s3-region", args.s3_region.clone(), file.s3_region),
             path_style,
             timeout: std::time::Duration::from_secs(u64::from(timeout)),
+            sse,
+            storage_class_wal,
+            storage_class_backup,
         };
         let retries = p.pick("retries", args.retries, file.retries).unwrap_or(RetryPolicy::default().retries);
         let metrics_listen = match p.pick("metrics-listen", None, file.metrics_listen) {
@@ -506,7 +590,11 @@ impl Config {
                 ));
             }
         }
-        for (key, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region)] {
+        let kms_key = match &s3.sse {
+            Some(Sse::Kms(k)) => k.clone(),
+            _ => None,
+        };
+        for (key, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region), ("s3-sse-kms-key-id", &kms_key)] {
             if v.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
                 return Err(p.bad(key, format!("invalid {key}: it contains a control character")));
             }
@@ -586,7 +674,21 @@ impl Config {
                     region: self.s3.region.clone(),
                     path_style: self.s3.path_style,
                 };
-                let options = S3Options { operation_timeout: self.s3.timeout, ..S3Options::default() };
+                let (wal, backup) = (self.s3.storage_class_wal.clone(), self.s3.storage_class_backup.clone());
+                let storage_class: Option<StorageClassRule> = (wal.is_some() || backup.is_some()).then(|| {
+                    let rule: StorageClassRule = Arc::new(move |key: &str| match object_class(key) {
+                        Some(ObjectClass::Wal) => wal.clone(),
+                        Some(ObjectClass::Backup) => backup.clone(),
+                        None => None,
+                    });
+                    rule
+                });
+                let options = S3Options {
+                    operation_timeout: self.s3.timeout,
+                    sse: self.s3.sse.clone(),
+                    storage_class,
+                    ..S3Options::default()
+                };
                 Ok(Arc::new(S3Storage::connect_with(cfg, options).await?))
             }
         }
@@ -826,5 +928,32 @@ mod tests {
         assert_eq!(cli.repo.sources.get("repo"), Source::Flag);
         assert_eq!(cli.repo.sources.get("retries"), Source::Flag);
         assert!(!cli.repo.sources.0.contains_key("cluster"));
+    }
+
+    /// S3 encryption and storage classes: parsed, validated, and handed to workers.
+    #[test]
+    fn s3_server_side_settings() {
+        let base = || RepoArgs { repo: Some("s3://bkt/p".into()), ..Default::default() };
+        let c = Config::resolve(&RepoArgs { s3_sse_kms_key_id: Some("alias/k".into()), ..base() }).unwrap();
+        assert_eq!(c.s3.sse, Some(Sse::Kms(Some("alias/k".into()))), "a key id implies aws:kms");
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!((env["PITR_S3_SSE"].as_str(), env["PITR_S3_SSE_KMS_KEY_ID"].as_str()), ("aws:kms", "alias/k"));
+        let c = Config::resolve(&RepoArgs { s3_sse: Some("AES256".into()), ..base() }).unwrap();
+        assert_eq!(c.s3.sse, Some(Sse::S3));
+        let e =
+            Config::resolve(&RepoArgs { s3_sse: Some("AES256".into()), s3_sse_kms_key_id: Some("k".into()), ..base() })
+                .unwrap_err();
+        assert!(e.to_string().contains("needs s3-sse aws:kms"), "{e}");
+        let e = Config::resolve(&RepoArgs { s3_sse: Some("kms".into()), ..base() }).unwrap_err();
+        assert!(e.to_string().contains("invalid s3-sse"), "{e}");
+        let c = Config::resolve(&RepoArgs { s3_storage_class_wal: Some("STANDARD_IA".into()), ..base() }).unwrap();
+        assert_eq!(c.s3.storage_class_wal.as_deref(), Some("STANDARD_IA"));
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_S3_STORAGE_CLASS_WAL"], "STANDARD_IA");
+        assert!(!env.contains_key("PITR_S3_SSE"));
+        let e = Config::resolve(&RepoArgs { s3_storage_class_backup: Some("ICE".into()), ..base() }).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid s3-storage-class-backup \"ICE\"") && e.to_string().contains("GLACIER_IR")
+        );
     }
 }

@@ -65,6 +65,27 @@ pub fn valid_cluster_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
+/// What an object is, as far as its S3 storage class is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectClass {
+    /// A WAL segment (`<cluster>/wal/<TTTTTTTTXXXXXXXX>/<segment>.zst`).
+    Wal,
+    /// The data of a base backup: its chunks and manifest (`<cluster>/backups/<id>/….zst`).
+    Backup,
+}
+
+/// The class of the object at `key` (relative to the repository's prefix); `None` for the
+/// small objects that are read often and stay in the bucket's default class: the cluster
+/// record, history files, catalog entries, reservations, leases, the receiver's partials.
+pub fn object_class(key: &str) -> Option<ObjectClass> {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        [_, "wal", dir, name] if dir.len() == 16 && name.ends_with(".zst") => Some(ObjectClass::Wal),
+        [_, "backups", _, .., name] if parts.len() >= 4 && name.ends_with(".zst") => Some(ObjectClass::Backup),
+        _ => None,
+    }
+}
+
 impl Repository {
     /// The part of `storage` that belongs to `cluster`.
     pub fn new(storage: Arc<dyn Storage>, cluster: &str, retry: RetryPolicy) -> Self {
@@ -397,5 +418,21 @@ mod tests {
         for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_cluster_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn object_classes_follow_the_layout() {
+        let repo = Repository::new(Arc::new(storage::memory::MemoryStorage::new()), "main", RetryPolicy::default());
+        let seg = WalFileName::parse("000000010000000000000003").unwrap();
+        let hist = WalFileName::parse("00000002.history").unwrap();
+        assert_eq!(object_class(repo.wal_key(&seg).as_str()), Some(ObjectClass::Wal));
+        assert_eq!(object_class(repo.wal_key(&hist).as_str()), None, "history files stay at hand");
+        assert_eq!(object_class(repo.receiver_partial_key(&seg).as_str()), None);
+        let id = "20261205T083549Z";
+        assert_eq!(object_class(&crate::catalog::chunk_key("main", id, "base.tar", 0)), Some(ObjectClass::Backup));
+        assert_eq!(object_class(&crate::catalog::manifest_key("main", id)), Some(ObjectClass::Backup));
+        assert_eq!(object_class(&crate::catalog::entry_key("main", id)), None);
+        assert_eq!(object_class(&crate::catalog::reservation_key("main", id)), None);
+        assert_eq!(object_class("main/cluster.json"), None);
     }
 }

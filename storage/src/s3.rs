@@ -24,6 +24,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +39,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
+    ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
@@ -61,6 +63,30 @@ pub struct S3Config {
     pub path_style: bool,
 }
 
+/// Server-side encryption asked for on every upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3: keys managed by the service (`AES256`).
+    S3,
+    /// SSE-KMS (`aws:kms`), with this key (id, ARN or alias), else the account's default key.
+    Kms(Option<String>),
+}
+
+/// The storage class of each object, from its key (relative to the prefix); `None` leaves
+/// the bucket's default. Given by whoever knows what the keys hold (this layer does not).
+pub type StorageClassRule = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Whether `name` is an S3 storage class this client knows (`STANDARD`, `STANDARD_IA`,
+/// `GLACIER_IR`, …).
+pub fn valid_storage_class(name: &str) -> bool {
+    storage_class_names().contains(&name)
+}
+
+/// The S3 storage classes this client knows.
+pub fn storage_class_names() -> &'static [&'static str] {
+    StorageClass::values()
+}
+
 /// Client settings beyond [`S3Config`]; the defaults suit production.
 #[derive(Clone)]
 pub struct S3Options {
@@ -77,6 +103,10 @@ pub struct S3Options {
     /// Limit for one request (until the response headers; bodies of uploads get extra time
     /// in proportion to their size, see [`MIN_UPLOAD_RATE`]).
     pub operation_timeout: Duration,
+    /// Server-side encryption of every upload; `None` leaves the bucket's default.
+    pub sse: Option<Sse>,
+    /// Storage class per object; `None` leaves the bucket's default for all.
+    pub storage_class: Option<StorageClassRule>,
 }
 
 /// Uploads are given `operation_timeout` plus their size at this rate (bytes per second).
@@ -96,6 +126,8 @@ impl Default for S3Options {
             part_size: 16 << 20,
             connect_timeout: Duration::from_secs(3),
             operation_timeout: Duration::from_secs(60),
+            sse: None,
+            storage_class: None,
         }
     }
 }
@@ -108,6 +140,8 @@ impl std::fmt::Debug for S3Options {
             .field("part_size", &self.part_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("sse", &self.sse)
+            .field("storage_class", &self.storage_class.as_ref().map(|_| "<rule>"))
             .finish()
     }
 }
@@ -509,6 +543,22 @@ fn is_precondition_failed(f: &Failure) -> bool {
 }
 
 impl S3Storage {
+    /// The encryption, KMS key and storage class an upload of `key` asks for.
+    fn upload_settings(&self, key: &ObjectKey) -> (Option<ServerSideEncryption>, Option<String>, Option<StorageClass>) {
+        let (sse, kms_key) = match &self.options.sse {
+            None => (None, None),
+            Some(Sse::S3) => (Some(ServerSideEncryption::Aes256), None),
+            Some(Sse::Kms(k)) => (Some(ServerSideEncryption::AwsKms), k.clone()),
+        };
+        let class = self
+            .options
+            .storage_class
+            .as_ref()
+            .and_then(|rule| rule(key.as_str()))
+            .map(|c| StorageClass::from(c.as_str()));
+        (sse, kms_key, class)
+    }
+
     /// One PutObject of the whole body.
     async fn put_single(
         &self,
@@ -539,6 +589,8 @@ impl S3Storage {
         if mode == PutMode::CreateNew {
             req = req.if_none_match("*");
         }
+        let (sse, kms_key, class) = self.upload_settings(key);
+        req = req.set_server_side_encryption(sse).set_ssekms_key_id(kms_key).set_storage_class(class);
         match call(self.upload_timeout(size), req.send()).await {
             Ok(_) => Ok(()),
             Err(f) if mode == PutMode::CreateNew && is_precondition_failed(&f) => {
@@ -557,12 +609,16 @@ impl S3Storage {
         size: u64,
         mode: PutMode,
     ) -> Result<(), StorageError> {
+        let (sse, kms_key, class) = self.upload_settings(key);
         let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.config.bucket)
             .key(full)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32);
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_storage_class(class);
         let created = call(self.options.operation_timeout, req.send())
             .await
             .map_err(|f| self.remote("put (start multipart)", full, f))?;

@@ -89,7 +89,43 @@ pub fn s3s_fs() -> &'static S3Server {
     })
 }
 
+/// What a server says of one object (HEAD): its server-side encryption, KMS key and storage
+/// class, as the headers name them (`None` when a header is absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSettings {
+    /// `x-amz-server-side-encryption` (`AES256`, `aws:kms`).
+    pub sse: Option<String>,
+    /// `x-amz-server-side-encryption-aws-kms-key-id`.
+    pub kms_key: Option<String>,
+    /// `x-amz-storage-class` (S3 leaves it out for STANDARD).
+    pub storage_class: Option<String>,
+}
+
 impl S3Server {
+    /// HEAD of `key` in `bucket`, through the AWS SDK (signed, as a real client would).
+    pub async fn object_settings(&self, bucket: &str, key: &str) -> ObjectSettings {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "test"))
+            .force_path_style(true)
+            .build();
+        let head = aws_sdk_s3::Client::from_conf(conf)
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {bucket}/{key}: {e:?}"));
+        ObjectSettings {
+            sse: head.server_side_encryption().map(|s| s.as_str().to_string()),
+            kms_key: head.ssekms_key_id().map(String::from),
+            storage_class: head.storage_class().map(|c| c.as_str().to_string()),
+        }
+    }
+
     /// A config for `bucket` with repository prefix `prefix` on this server.
     pub fn config(&self, bucket: &str, prefix: &str) -> S3Config {
         S3Config {
