@@ -8,6 +8,7 @@
 //! The crate also holds the retry helper ([`retry`]) that every remote call and every backoff
 //! loop above it goes through. It knows nothing of PostgreSQL or of what the objects hold.
 
+pub mod encrypted;
 pub mod local;
 pub mod memory;
 pub mod s3;
@@ -158,6 +159,23 @@ pub enum StorageError {
     /// The backend cannot be used as configured.
     #[error("{0}")]
     Config(String),
+    /// An encrypted object does not decrypt: it is damaged, was stored under another name, or
+    /// is not encrypted at all.
+    #[error("{key} {message}")]
+    Damaged {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An encrypted object was written with a key this program does not hold.
+    #[error("{key} cannot be read: {message}")]
+    KeyUnavailable {
+        /// The key.
+        key: String,
+        /// Which key is missing.
+        message: String,
+    },
 }
 
 impl StorageError {
