@@ -21,7 +21,8 @@ pitr does not support; 4 the server is another database system (or major version
 repository's cluster; 5 repository unreachable or failing after
 retries; 6 a backup is damaged or does not match its manifest (create: the server's stream
 did not match its own manifest); 7 bad configuration; 8 local error; 9 PostgreSQL could not
-be reached, refused the connection or failed the backup. See docs/basebackup.md.";
+be reached, refused the connection or failed the backup; 11 the repository is encrypted and
+the configured key cannot open it. See docs/basebackup.md.";
 
 /// Take physical base backups of PostgreSQL into a pitr repository, list and verify them.
 #[derive(Debug, Parser)]

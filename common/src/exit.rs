@@ -34,12 +34,16 @@ pub enum FailureKind {
     /// A restore was refused before anything was written: no backup precedes the target, WAL
     /// between the backup and the target is missing, or the target lies beyond the archive.
     Refused = 10,
+    /// The repository is encrypted and the configured key cannot open it: no key is
+    /// configured, the key is not one of the repository's, or a key is configured for a
+    /// repository that is not encrypted.
+    Key = 11,
 }
 
 impl FailureKind {
     /// Every kind, in the order of their codes: the one table that `--help`, the README and
     /// `docs/exit-codes.md` are tested against.
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 11] = [
         FailureKind::NotFound,
         FailureKind::Usage,
         FailureKind::Invalid,
@@ -50,6 +54,7 @@ impl FailureKind {
         FailureKind::LocalIo,
         FailureKind::Server,
         FailureKind::Refused,
+        FailureKind::Key,
     ];
 
     /// The exit status for this kind.
@@ -70,6 +75,7 @@ impl FailureKind {
             FailureKind::LocalIo => "local I/O",
             FailureKind::Server => "server",
             FailureKind::Refused => "refused",
+            FailureKind::Key => "encryption key",
         }
     }
 }
@@ -148,6 +154,8 @@ impl From<storage::StorageError> for Failure {
             E::InvalidKey(_) => FailureKind::Invalid,
             E::Io { .. } | E::Remote { .. } => FailureKind::Storage,
             E::Config(_) => FailureKind::Config,
+            E::Damaged { .. } => FailureKind::Corrupt,
+            E::KeyUnavailable { .. } => FailureKind::Key,
         };
         // An answer about the object (absent, present, a bad name) will be the same next time;
         // a failed request or I/O may not.

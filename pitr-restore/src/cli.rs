@@ -34,8 +34,8 @@ Exit status: 0 success; 1 no such backup (--backup); 2 usage error; 4 a destinat
 is not empty (use --force) or a server is running on it; 5 repository unreachable; 6 the
 backup is damaged (the partial restore is removed); 7 bad configuration; 8 local error;
 9 (--start) the server failed, did not reach the target, or (latest) recovery ended short of
-the archived WAL; 10 restore refused by the plan.
-See docs/restore.md and docs/runbook.md.";
+the archived WAL; 10 restore refused by the plan; 11 the repository is encrypted and the
+configured key cannot open it. See docs/restore.md and docs/runbook.md.";
 
 /// Restore a PostgreSQL cluster from a pitr repository to a point in time.
 #[derive(Debug, Parser)]

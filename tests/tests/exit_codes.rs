@@ -32,6 +32,7 @@ fn every_list_of_exit_codes_matches_the_table() {
         FailureKind::Corrupt,
         FailureKind::Config,
         FailureKind::LocalIo,
+        FailureKind::Key,
     ] {
         let row = format!("| {} |", 200 + u32::from(k.code()));
         assert!(table.contains(&row), "docs/exit-codes.md: get's table has no row {row:?}");
@@ -50,17 +51,17 @@ fn every_list_of_exit_codes_matches_the_table() {
         (
             "wal-archiver",
             bins::wal_archiver(),
-            vec![NotFound, Usage, Invalid, Conflict, Storage, Corrupt, Config, LocalIo, Server],
+            vec![NotFound, Usage, Invalid, Conflict, Storage, Corrupt, Config, LocalIo, Server, Key],
         ),
         (
             "basebackup",
             bins::basebackup(),
-            vec![NotFound, Usage, Invalid, Conflict, Storage, Corrupt, Config, LocalIo, Server],
+            vec![NotFound, Usage, Invalid, Conflict, Storage, Corrupt, Config, LocalIo, Server, Key],
         ),
         (
             "pitr-restore",
             bins::pitr_restore(),
-            vec![NotFound, Usage, Conflict, Storage, Corrupt, Config, LocalIo, Server, Refused],
+            vec![NotFound, Usage, Conflict, Storage, Corrupt, Config, LocalIo, Server, Refused, Key],
         ),
     ];
     for (name, cmd, kinds) in programs {

@@ -17,7 +17,8 @@ Exit status: 0 success; 1 (get) the file is not in the repository; 2 usage error
 WAL file, or (receive) a PostgreSQL major version pitr does not support; 4 conflict: different
 content already archived, another cluster's WAL or server; 5 repository unreachable or failing
 after retries; 6 damaged object in the repository; 7 bad configuration; 8 local file error;
-9 (receive) PostgreSQL unreachable, refusing the connection or failing a command. verify
+9 (receive) PostgreSQL unreachable, refusing the connection or failing a command; 11 the
+repository is encrypted and the configured key cannot open it. verify
 exits 6 when it finds any gap, missing history
 file or damaged object. get reports every failure except 1 as 200 + code (e.g. 205; 202 for a
 usage error wherever get stands on the line, 250 for an internal error), so that PostgreSQL
