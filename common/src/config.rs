@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::codec::CompressOptions;
+use crate::encryption::{self, Access, Kek, KekSetting};
 use crate::exit::{Failure, FailureKind};
 use crate::repository::{object_class, valid_cluster_name, ObjectClass, Repository};
 use crate::retry::RetryPolicy;
@@ -182,6 +183,19 @@ pub struct RepoArgs {
     /// bucket's default].
     #[arg(long, env = "PITR_S3_STORAGE_CLASS_BACKUP", value_name = "CLASS", global = true)]
     pub s3_storage_class_backup: Option<String>,
+    /// Client-side encryption: a file holding the key-encryption key (64 hexadecimal characters,
+    /// mode 600; make one with `wal-archiver keys new-key-file`). See docs/security.md.
+    #[arg(long, env = "PITR_ENCRYPTION_KEY_FILE", value_name = "FILE", global = true)]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Client-side encryption with an AWS KMS key (id, ARN or alias) as the key-encryption key.
+    #[arg(long, env = "PITR_ENCRYPTION_KMS_KEY_ID", value_name = "KEY", global = true)]
+    pub encryption_kms_key_id: Option<String>,
+    /// KMS endpoint URL [default: AWS's endpoint for the region].
+    #[arg(long, env = "PITR_ENCRYPTION_KMS_ENDPOINT", value_name = "URL", global = true)]
+    pub encryption_kms_endpoint: Option<String>,
+    /// KMS region [default: s3-region, else the AWS environment or profile].
+    #[arg(long, env = "PITR_ENCRYPTION_KMS_REGION", value_name = "REGION", global = true)]
+    pub encryption_kms_region: Option<String>,
     /// PostgreSQL data directory.
     #[arg(long, short = 'D', env = "PITR_PGDATA", value_name = "DIR", global = true)]
     pub pgdata: Option<PathBuf>,
@@ -226,6 +240,14 @@ pub struct FileConfig {
     pub s3_storage_class_wal: Option<String>,
     /// See [`RepoArgs::s3_storage_class_backup`].
     pub s3_storage_class_backup: Option<String>,
+    /// See [`RepoArgs::encryption_key_file`].
+    pub encryption_key_file: Option<PathBuf>,
+    /// See [`RepoArgs::encryption_kms_key_id`].
+    pub encryption_kms_key_id: Option<String>,
+    /// See [`RepoArgs::encryption_kms_endpoint`].
+    pub encryption_kms_endpoint: Option<String>,
+    /// See [`RepoArgs::encryption_kms_region`].
+    pub encryption_kms_region: Option<String>,
     /// See [`RepoArgs::pgdata`].
     pub pgdata: Option<PathBuf>,
     /// See [`RepoArgs::retries`].
@@ -328,6 +350,8 @@ pub struct Config {
     pub compress_threads: Option<u32>,
     /// S3 settings.
     pub s3: S3Settings,
+    /// Client-side encryption: the key-encryption key, when configured.
+    pub encryption: Option<KekSetting>,
     /// The data directory, when given.
     pub pgdata: Option<PathBuf>,
     /// Retries of repository requests.
@@ -411,6 +435,57 @@ impl Picker<'_> {
     }
 }
 
+/// The key-encryption key setting: a key file (made absolute: PostgreSQL runs push and get
+/// inside the data directory) or a KMS key, not both.
+fn resolve_encryption(
+    p: &mut Picker<'_>,
+    args: &RepoArgs,
+    [kms_file, endpoint_file, region_file]: [Option<String>; 3],
+    key_file: Option<PathBuf>,
+    s3_region: Option<&str>,
+) -> Result<Option<KekSetting>, Failure> {
+    let file = p.pick("encryption-key-file", args.encryption_key_file.clone(), key_file);
+    let kms = p.pick("encryption-kms-key-id", args.encryption_kms_key_id.clone(), kms_file);
+    let endpoint = p.pick("encryption-kms-endpoint", args.encryption_kms_endpoint.clone(), endpoint_file);
+    let region = p.pick("encryption-kms-region", args.encryption_kms_region.clone(), region_file);
+    for (key, v) in
+        [("encryption-kms-key-id", &kms), ("encryption-kms-endpoint", &endpoint), ("encryption-kms-region", &region)]
+    {
+        if v.as_deref().is_some_and(|v| v.is_empty() || v.chars().any(char::is_control)) {
+            return Err(p.bad(key, format!("invalid {key}: it is empty or contains a control character")));
+        }
+    }
+    if let Some(f) = &file {
+        if f.as_os_str().is_empty() || f.to_string_lossy().chars().any(char::is_control) {
+            return Err(p.bad("encryption-key-file", "invalid encryption-key-file: empty, or a control character"));
+        }
+    }
+    match (file, kms) {
+        (Some(_), Some(_)) => Err(p.bad(
+            "encryption-kms-key-id",
+            "encryption-key-file and encryption-kms-key-id are both set: a repository's key-encryption key is one \
+             or the other (rotate from one to the other with `wal-archiver keys rotate`)",
+        )),
+        (Some(path), None) => {
+            if endpoint.is_some() || region.is_some() {
+                return Err(
+                    p.bad("encryption-kms-endpoint", "encryption-kms-endpoint/-region need encryption-kms-key-id")
+                );
+            }
+            let path = std::path::absolute(&path)
+                .map_err(|e| p.bad("encryption-key-file", format!("encryption-key-file {}: {e}", path.display())))?;
+            Ok(Some(KekSetting::File(path)))
+        }
+        (None, Some(key_id)) => {
+            Ok(Some(KekSetting::Kms { key_id, endpoint, region: region.or_else(|| s3_region.map(str::to_string)) }))
+        }
+        (None, None) if endpoint.is_some() || region.is_some() => {
+            Err(p.bad("encryption-kms-endpoint", "encryption-kms-endpoint/-region need encryption-kms-key-id"))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// `url` with the user information of its authority (`user:password@`) replaced by `***`,
 /// when it has any; `None` when it has none.
 pub fn redact_userinfo(url: &str) -> Option<String> {
@@ -472,6 +547,26 @@ impl Config {
         if let Some(c) = &self.s3.storage_class_backup {
             env.push(("PITR_S3_STORAGE_CLASS_BACKUP".into(), c.clone()));
         }
+        env.extend(self.encryption_env());
+        env
+    }
+
+    /// The `PITR_*` variables of the encryption settings.
+    pub fn encryption_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        match &self.encryption {
+            None => {}
+            Some(KekSetting::File(path)) => env.push(("PITR_ENCRYPTION_KEY_FILE".into(), path.display().to_string())),
+            Some(KekSetting::Kms { key_id, endpoint, region }) => {
+                env.push(("PITR_ENCRYPTION_KMS_KEY_ID".into(), key_id.clone()));
+                if let Some(e) = endpoint {
+                    env.push(("PITR_ENCRYPTION_KMS_ENDPOINT".into(), e.clone()));
+                }
+                if let Some(r) = region {
+                    env.push(("PITR_ENCRYPTION_KMS_REGION".into(), r.clone()));
+                }
+            }
+        }
         env
     }
 
@@ -504,7 +599,7 @@ impl Config {
         }
         let cluster = p.pick("cluster", args.cluster.clone(), file.cluster).unwrap_or_else(|| "main".to_string());
         if !valid_cluster_name(&cluster) {
-            return Err(p.bad("cluster", format!("invalid cluster name {cluster:?}: use 1-64 of A-Z a-z 0-9 _ . -")));
+            return Err(p.bad("cluster", format!("invalid cluster name {cluster:?}: use 1-64 of A-Z a-z 0-9 _ . -, not starting with a dot, not _pitr")));
         }
         let level = p.pick("compress-level", args.compress_level, file.compress_level).unwrap_or(3);
         if !(-7..=22).contains(&level) || level == 0 {
@@ -599,6 +694,13 @@ impl Config {
                 return Err(p.bad(key, format!("invalid {key}: it contains a control character")));
             }
         }
+        let encryption = resolve_encryption(
+            &mut p,
+            args,
+            [file.encryption_kms_key_id, file.encryption_kms_endpoint, file.encryption_kms_region],
+            file.encryption_key_file,
+            s3.region.as_deref(),
+        )?;
         let pgdata = p.pick("pgdata", args.pgdata.clone(), file.pgdata);
         let prefetch = p.pick("prefetch", args.prefetch, file.prefetch).unwrap_or(8).min(256);
         let push_ahead = p.pick("push-ahead", args.push_ahead, file.push_ahead).unwrap_or(2).min(32);
@@ -614,6 +716,7 @@ impl Config {
             compress: CompressOptions { level, workers },
             compress_threads,
             s3,
+            encryption,
             pgdata,
             retry: RetryPolicy::with_retries(retries),
             prefetch,
@@ -661,8 +764,19 @@ impl Config {
     }
 
     /// Opens the configured backend; `create` makes a missing local repository directory
-    /// (for writers), otherwise a missing directory is a configuration error.
+    /// (for writers), otherwise a missing directory is a configuration error. An encrypted
+    /// repository comes back wrapped in its encryption, which the configured key must open
+    /// (see [`encryption::open`]); a writer with a key makes a new, empty repository encrypted.
     pub async fn open_storage(&self, create: bool) -> Result<Arc<dyn Storage>, Failure> {
+        let inner = self.open_backend(create).await?;
+        let kek = self.open_kek().await?;
+        let access = if create { Access::Write } else { Access::Read };
+        encryption::open(inner, kek.as_ref(), access, self.retry, &self.repo.to_string()).await
+    }
+
+    /// Opens the configured backend as it is, without its encryption: what the key
+    /// commands and tests that look at stored bytes use.
+    pub async fn open_backend(&self, create: bool) -> Result<Arc<dyn Storage>, Failure> {
         match &self.repo {
             RepoLocation::Local(path) if create => Ok(Arc::new(LocalStorage::open(path)?)),
             RepoLocation::Local(path) => Ok(Arc::new(LocalStorage::open_existing(path)?)),
@@ -691,6 +805,20 @@ impl Config {
                 };
                 Ok(Arc::new(S3Storage::connect_with(cfg, options).await?))
             }
+        }
+    }
+
+    /// The configured key-encryption key, opened (the key file read; a KMS client made).
+    pub async fn open_kek(&self) -> Result<Option<Kek>, Failure> {
+        match &self.encryption {
+            None => Ok(None),
+            Some(s) => Kek::open(s).await.map(Some).map_err(|e| {
+                let key = match s {
+                    KekSetting::File(_) => "encryption-key-file",
+                    KekSetting::Kms { .. } => "encryption-kms-key-id",
+                };
+                e.context(format!("the key-encryption key ({})", self.origin(key)))
+            }),
         }
     }
 

@@ -1,7 +1,8 @@
 //! What pitr's programs share above the lower crates, by layer: compression with digests
 //! ([`codec`]); the failure vocabulary with the exit-code table ([`exit`]) and retries
 //! ([`retry`]); the repository layout ([`repository`]), the backup catalog ([`catalog`]) and who
-//! holds what in a repository ([`lease`]); the process edge: configuration ([`config`]), what
+//! holds what in a repository ([`lease`]), which keys open an encrypted repository
+//! ([`encryption`]); the process edge: configuration ([`config`]), what
 //! every `main` shares ([`cmdline`]) and logging setup ([`telemetry`]). No module imports one
 //! of a higher layer (`tests/tests/architecture.rs`).
 //!
@@ -13,6 +14,7 @@ pub mod catalog;
 pub mod cmdline;
 pub mod codec;
 pub mod config;
+pub mod encryption;
 pub mod exit;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

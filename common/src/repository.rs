@@ -58,10 +58,12 @@ pub struct Repository {
     retry: RetryPolicy,
 }
 
-/// Validates a cluster name: 1–64 of `[A-Za-z0-9_.-]`, not starting with a dot.
+/// Validates a cluster name: 1–64 of `[A-Za-z0-9_.-]`, not starting with a dot, not `_pitr`
+/// (the repository's own records: the encryption record).
 pub fn valid_cluster_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
+        && name != "_pitr"
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
@@ -415,7 +417,7 @@ mod tests {
     fn cluster_names() {
         assert!(valid_cluster_name("main"));
         assert!(valid_cluster_name("db-1.prod_eu"));
-        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
+        for bad in ["_pitr", "", ".x", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_cluster_name(bad), "{bad:?}");
         }
     }

@@ -67,6 +67,12 @@ pub fn restore_command(wal_archiver: &Path, config: &Config, opts: &GetOptions) 
         words.push("--s3-path-style".into());
         words.push(config.s3.path_style.to_string());
     }
+    // The key's location, never a key: a key file path or a KMS key id.
+    for (name, value) in config.encryption_env() {
+        let flag = name.trim_start_matches("PITR_").to_lowercase().replace('_', "-");
+        words.push(format!("--{flag}"));
+        words.push(shell_quote(&value));
+    }
     if let Some(n) = opts.retries {
         words.push(format!("--retries={n}"));
     }

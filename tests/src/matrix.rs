@@ -166,11 +166,17 @@ pub fn archive_and_fetch(major: u32) {
 /// A base backup and point-in-time restores of `major`: to a time between two marks, then,
 /// on the timeline that restore forked and archived, to a time between two more marks.
 pub fn backup_and_point_in_time(major: u32) {
-    let repo = TestRepo::local();
-    let c = primary(major, "pitr", &repo, repo.archive_command(), &[]);
+    backup_and_point_in_time_in(major, &TestRepo::local(), |_| {});
+}
+
+/// [`backup_and_point_in_time`] with `repo` (its environment goes to every program and
+/// server), and `setup` run on the primary before the backup.
+pub fn backup_and_point_in_time_in(major: u32, repo: &TestRepo, setup: impl Fn(&TestCluster)) {
+    let c = primary(major, "pitr", repo, repo.archive_command(), &[]);
     c.pgbench(&["-i", "-s", "2", "-q"]);
+    setup(&c);
     c.sql("CREATE TABLE marks (name text PRIMARY KEY)");
-    let _id = create_backup(&repo, &c, true);
+    let _id = create_backup(repo, &c, true);
     c.sql("INSERT INTO marks VALUES ('A')");
     std::thread::sleep(Duration::from_millis(1100));
     let t1 = c.sql("SELECT clock_timestamp()");
@@ -182,7 +188,7 @@ pub fn backup_and_point_in_time(major: u32) {
     drop(c);
 
     // To T1, promoted, archiving timeline 2 into the same repository.
-    let (tl2, r) = restore(major, &repo, "t1", &["--target-time", &t1], true);
+    let (tl2, r) = restore(major, repo, "t1", &["--target-time", &t1], true);
     assert_eq!(tl2.marks(), "A", "PostgreSQL {major}: restore to T1: {r:#?}");
     assert!(r.stdout.contains("server promoted"), "{r:#?}");
     assert_eq!(tl2.sql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), "00000002");
@@ -195,7 +201,7 @@ pub fn backup_and_point_in_time(major: u32) {
     drop(tl2);
 
     // To T2: the planner follows 00000002.history from the backup on timeline 1.
-    let (s, r) = restore(major, &repo, "t2", &["--target-time", &t2], false);
+    let (s, r) = restore(major, repo, "t2", &["--target-time", &t2], false);
     assert_eq!(s.marks(), "A,D", "PostgreSQL {major}: restore to T2 on timeline 2: {r:#?}");
     assert_eq!(s.sql("SELECT count(*) FROM pgbench_accounts"), "200000");
 }

@@ -158,6 +158,24 @@ impl S3Server {
         name
     }
 
+    /// A new symmetric KMS key on this server (moto serves KMS on the same endpoint); its id.
+    pub async fn kms_key(&self) -> String {
+        use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "test"))
+            .build();
+        let out = aws_sdk_kms::Client::from_conf(conf)
+            .create_key()
+            .description("pitr test key-encryption key")
+            .send()
+            .await
+            .expect("create a KMS key (moto)");
+        out.key_metadata().expect("key metadata").key_id().to_string()
+    }
+
     /// Environment for child processes (pitr binaries) that talk to this server.
     pub fn env(&self) -> Vec<(String, String)> {
         [

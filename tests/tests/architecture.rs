@@ -28,13 +28,14 @@ const CRATE_LAYERS: [(&str, u8); 8] = [
 /// The layer of each of `common`'s modules: the codec; the failure vocabulary and retries; the
 /// repository (layout, catalog, leases); the process edge (configuration, command line,
 /// logging); the fuzz targets' bodies over all of it.
-const COMMON_LAYERS: [(&str, u8); 10] = [
+const COMMON_LAYERS: [(&str, u8); 11] = [
     ("codec", 0),
     ("exit", 1),
     ("retry", 1),
     ("repository", 2),
     ("catalog", 2),
     ("lease", 2),
+    ("encryption", 2),
     ("config", 3),
     ("cmdline", 3),
     ("telemetry", 3),

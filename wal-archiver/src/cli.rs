@@ -161,6 +161,59 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Client-side encryption keys: make a key file, show the repository's keys, rotate the
+    /// key-encryption key. See docs/security.md.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+/// `wal-archiver keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new random key-encryption key to FILE (64 hexadecimal characters, mode 600;
+    /// never replaces a file). Keep a copy outside the repository's reach: without it the
+    /// repository cannot be read.
+    NewKeyFile {
+        /// The file to create.
+        file: PathBuf,
+    },
+    /// Show whether the repository is encrypted, its data keys and which key-encryption keys
+    /// wrap each (fingerprints of key files, ARNs of KMS keys). Needs no key.
+    List {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotation, step 1: with the current key configured, wrap every data key with a new
+    /// key-encryption key as well, and start a new data key (wrapped by both) for new
+    /// objects. No object is rewritten; programs with either key keep working. Then switch
+    /// every configuration to the new key and run `keys retire`.
+    Rotate {
+        /// The new key-encryption key: a key file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "new_kms_key_id",
+            conflicts_with = "new_kms_key_id"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// The new key-encryption key: an AWS KMS key (id, ARN or alias).
+        #[arg(long, value_name = "KEY")]
+        new_kms_key_id: Option<String>,
+        /// KMS endpoint of the new key [default: encryption-kms-endpoint, else AWS's].
+        #[arg(long, value_name = "URL", requires = "new_kms_key_id")]
+        new_kms_endpoint: Option<String>,
+        /// KMS region of the new key [default: encryption-kms-region, else s3-region].
+        #[arg(long, value_name = "REGION", requires = "new_kms_key_id")]
+        new_kms_region: Option<String>,
+    },
+    /// Rotation, step 2: with the new key configured, remove every other key-encryption
+    /// key's wraps from the repository's record, so the old key opens nothing (and may be
+    /// destroyed). Refused unless the configured key opens every data key.
+    Retire,
 }
 
 impl Command {
@@ -174,6 +227,7 @@ impl Command {
             Command::Receive { .. } => "receive",
             Command::PrefetchWorker { .. } => "prefetch-worker",
             Command::PushAheadWorker { .. } => "push-ahead-worker",
+            Command::Keys { .. } => "keys",
         }
     }
 }

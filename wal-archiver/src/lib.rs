@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod get;
+pub mod keys;
 pub mod list;
 pub mod prefetch;
 pub mod push;
@@ -21,6 +22,10 @@ use crate::cli::{Cli, Command};
 /// Runs one command to completion on a single-threaded runtime (one process per WAL file:
 /// start-up cost matters more than parallelism here).
 pub fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Keys { action: crate::cli::KeysCommand::NewKeyFile { file } } = &cli.command {
+        // Needs no repository.
+        return keys::new_key_file(file);
+    }
     let config = Config::resolve(&cli.repo)?;
     match &cli.command {
         Command::Push { .. } | Command::PushAheadWorker { .. } => config.require_absolute_repo("archive_command")?,
@@ -49,6 +54,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Command::List { json } => list::list(&config, json).await,
             Command::PrefetchWorker { after, spool } => prefetch::worker(&config, &spool, &after).await,
             Command::PushAheadWorker { pg_wal } => push_ahead::worker(&config, &pg_wal).await,
+            Command::Keys { action } => keys::run(&config, action).await,
             Command::Receive { .. } => unreachable!("run_receive"),
             Command::Verify { .. } => unreachable!("a runtime of its own"),
         }
