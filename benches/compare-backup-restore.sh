@@ -6,19 +6,23 @@
 #  1. template: a PostgreSQL 15 cluster with `pgbench -i -s $SCALE` (built once per scale
 #     and kept in $BENCH_TMP/template-s$SCALE, since scale 200 takes several minutes);
 #  2. the cluster under test: a copy of the template with archive_mode = on and ONE
-#     archive_command feeding both WAL repositories, pitr's first, then pgBackRest's:
-#        wal-archiver --repo $W/pitr-repo push %p && pgbackrest ... archive-push %p
+#     archive_command feeding the WAL repositories, pitr's (plain, then client-side
+#     encrypted), then pgBackRest's:
+#        wal-archiver --repo $W/pitr-repo push %p && wal-archiver --repo $W/pitr-enc-repo
+#          --encryption-key-file $W/pitr.key push %p && pgbackrest ... archive-push %p
 #     Every tool's backup waits for the WAL it needs to be archived (basebackup create checks
 #     its repository, pgBackRest's archive-check, the server's own wait for pg_basebackup
 #     -X none), so each of them waits for this same command: the same cost for all three;
 #  3. RUNS x backup, the three tools in turn (order rotated per run, pitr first in the last
 #     run so that it never restores the most recent backup in step 5):
 #       pitr        basebackup create (defaults: zstd 3, 2 compression threads, 16 MiB chunks)
+#       pitr-enc    the same into the encrypted repository (--encryption-key-file)
 #       pgbasebackup  pg_basebackup -Ft -X none -c fast --compress=server-zstd:3
 #       pgbackrest  pgbackrest backup --type=full, zst:3, process-max 2, start-fast
 #  4. RUNS x restore of the newest backup into an empty directory, then `sync -f` (syncfs)
 #     of its file system so that every tool is timed until the data is durable:
 #       pitr        pitr-restore --pgdata DIR --target immediate (syncs by itself)
+#       pitr-enc    the same from the encrypted repository
 #       pgbackrest  pgbackrest restore, process-max 2 (fsyncs each file by itself)
 #       dd          dd if=/dev/zero bs=1M conv=fsync, as many bytes as the data directory
 #                   without pg_wal: what the disk writes with fsync (the floor)
@@ -197,7 +201,7 @@ if [ -n "${PREPARE_ONLY:-}" ]; then
 fi
 
 # 2. the cluster under test --------------------------------------------------------
-rm -rf "$W"; mkdir -p "$W/log" "$W/pitr-repo" "$W/pgbb" "$W/pgbr/repo" "$W/pgbr/log" "$W/pgbr/lock" "$W/pgbr/spool"
+rm -rf "$W"; mkdir -p "$W/log" "$W/pitr-repo" "$W/pitr-enc-repo" "$W/pgbb" "$W/pgbr/repo" "$W/pgbr/log" "$W/pgbr/lock" "$W/pgbr/spool"
 D=$W/pgdata
 log "copying the template (scale $SCALE)"
 cp -a "$T/pgdata" "$D"
@@ -222,8 +226,12 @@ pg1-port=$PORT
 pg1-socket-path=$PGHOST
 CONF
 PITR_PUSH="$BIN/wal-archiver --repo $W/pitr-repo push %p"
+KEY=$W/pitr.key
+"$BIN/wal-archiver" keys new-key-file "$KEY" > /dev/null
+ENC=(--repo "$W/pitr-enc-repo" --encryption-key-file "$KEY")
+PITR_ENC_PUSH="$BIN/wal-archiver ${ENC[*]} push %p"
 PGBR_PUSH="pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
-ACMD="$PITR_PUSH && $PGBR_PUSH"
+ACMD="$PITR_PUSH && $PITR_ENC_PUSH && $PGBR_PUSH"
 pg_conf "$D" "port = $PORT" "archive_mode = on" "archive_command = '$ACMD'"
 pg_start "$D"
 pgbr stanza-create > "$W/log/stanza-create.log" 2>&1 || { cat "$W/log/stanza-create.log" >&2; die "pgbackrest stanza-create failed"; }
@@ -244,7 +252,7 @@ rotate() {
 
 # 3. backups -------------------------------------------------------------------------
 for run in $(seq 1 "$RUNS"); do
-  for t in $(rotate "pitr pgbasebackup pgbackrest" "$run"); do
+  for t in $(rotate "pitr pitr-enc pgbasebackup pgbackrest" "$run"); do
     quiesce
     record backup "$t" "$run" load "$(load1)"
     case $t in
@@ -252,6 +260,10 @@ for run in $(seq 1 "$RUNS"); do
         timed "backup.$t.$run" "$BIN/basebackup" --repo "$W/pitr-repo" --dbname "host=$PGHOST port=$PORT user=postgres" create --label "bench $run"
         id=$(tail -1 "$W/log/backup.$t.$run.out")
         size=$(du -sb "$W/pitr-repo/main/backups/$id" | cut -f1) ;;
+      pitr-enc)
+        timed "backup.$t.$run" "$BIN/basebackup" "${ENC[@]}" --dbname "host=$PGHOST port=$PORT user=postgres" create --label "bench $run"
+        id=$(tail -1 "$W/log/backup.$t.$run.out")
+        size=$(du -sb "$W/pitr-enc-repo/main/backups/$id" | cut -f1) ;;
       pgbasebackup)
         timed "backup.$t.$run" pg_basebackup -h "$PGHOST" -p "$PORT" -D "$W/pgbb/$run" -Ft -X none -c fast --compress=server-zstd:3 -l "bench $run"
         size=$(du -sb "$W/pgbb/$run" | cut -f1)
@@ -271,14 +283,15 @@ done
 # 4. restores ------------------------------------------------------------------------
 R=$W/restore
 for run in $(seq 1 "$RUNS"); do
-  for t in $(rotate "pitr pgbackrest dd dd-direct" "$run"); do
+  for t in $(rotate "pitr pitr-enc pgbackrest dd dd-direct" "$run"); do
     rm -rf "$R" "$W/dd.bin"
-    [ "$t" = pitr ] || mkdir -m 700 "$R"
+    case $t in pitr*) ;; *) mkdir -m 700 "$R" ;; esac
     quiesce
     record restore "$t" "$run" load "$(load1)"
     t0=$(now)
     case $t in
       pitr) timed "restore.$t.$run" "$BIN/pitr-restore" --repo "$W/pitr-repo" --pgdata "$R" --target immediate ;;
+      pitr-enc) timed "restore.$t.$run" "$BIN/pitr-restore" "${ENC[@]}" --pgdata "$R" --target immediate ;;
       pgbackrest) timed "restore.$t.$run" pgbackrest --config="$PGBR_CONF" --stanza=bench --pg1-path="$R" restore ;;
       dd) timed "restore.$t.$run" dd if=/dev/zero of="$W/dd.bin" bs=1M count=$((DATA_BYTES / 1048576)) conv=fsync ;;
       dd-direct) timed "restore.$t.$run" dd if=/dev/zero of="$W/dd.bin" bs=16M count=$((DATA_BYTES / 16777216)) oflag=direct conv=fsync ;;
@@ -408,9 +421,11 @@ PGBR_V=$(pgbackrest version | awk '{print $2}')
 desc() {
   case $1.$2 in
     backup.pitr) echo "basebackup create (zstd 3, 2 threads, 16 MiB chunks, 6 uploads)" ;;
+    backup.pitr-enc) echo "the same, client-side encrypted (--encryption-key-file)" ;;
     backup.pgbasebackup) echo "pg_basebackup -Ft -X none -c fast --compress=server-zstd:3" ;;
     backup.pgbackrest) echo "pgBackRest $PGBR_V backup --type=full, zst:3, process-max 2" ;;
     restore.pitr) echo "pitr-restore --target immediate (jobs 4, syncfs)" ;;
+    restore.pitr-enc) echo "the same from the encrypted repository" ;;
     restore.pgbackrest) echo "pgBackRest restore, process-max 2" ;;
     restore.dd) echo "dd if=/dev/zero bs=1M conv=fsync (disk floor)" ;;
     restore.dd-direct) echo "dd if=/dev/zero bs=16M oflag=direct conv=fsync (the disk without the page cache)" ;;
@@ -420,6 +435,7 @@ desc() {
 }
 b_pitr=$(med backup pitr seconds) b_pgbb=$(med backup pgbasebackup seconds) b_pgbr=$(med backup pgbackrest seconds)
 r_pitr=$(med restore pitr seconds) r_pgbr=$(med restore pgbackrest seconds) r_dd=$(med restore dd seconds)
+b_enc=$(med backup pitr-enc seconds) r_enc=$(med restore pitr-enc seconds)
 rb_pitr=$(med restore pitr bytes) rb_dd=$(med restore dd bytes)
 r_ddd=$(med restore dd-direct seconds) rb_ddd=$(med restore dd-direct bytes)
 x_pitr=$(med rto pitr seconds) x_pgbr=$(med rto pgbackrest seconds)
@@ -441,7 +457,7 @@ verdict() { if awk "BEGIN{exit !($1)}"; then echo "**holds**"; else echo "**does
   echo
   echo "| tool | command | seconds | MB/s | stored MB (ratio) | max RSS MiB | CPU s | load 1m |"
   echo "|---|---|---:|---:|---:|---:|---:|---|"
-  for t in pitr pgbasebackup pgbackrest; do
+  for t in pitr pitr-enc pgbasebackup pgbackrest; do
     s=$(med backup "$t" seconds); st=$(med backup "$t" stored_bytes)
     echo "| $t | $(desc backup "$t") | $(secs backup "$t") | $(mbps "$DB_BYTES" "$s") | $(awk -v b="$st" -v d="$DB_BYTES" 'BEGIN{printf "%.0f (%.1fx)", b/1e6, d/b}') | $(f1 "$(maxof backup "$t" rss_mib)") | $(f1 "$(med backup "$t" cpu_s)") | $(loads backup "$t") |"
   done
@@ -452,7 +468,7 @@ verdict() { if awk "BEGIN{exit !($1)}"; then echo "**holds**"; else echo "**does
   echo
   echo "| tool | command | seconds (tool part) | MB/s | MB written | max RSS MiB | CPU s | load 1m |"
   echo "|---|---|---:|---:|---:|---:|---:|---|"
-  for t in pitr pgbackrest dd dd-direct; do
+  for t in pitr pitr-enc pgbackrest dd dd-direct; do
     s=$(med restore "$t" seconds); b=$(med restore "$t" bytes)
     echo "| $t | $(desc restore "$t") | $(secs restore "$t") ($(f1 "$(med restore "$t" tool_seconds)")) | $(mbps "$b" "$s") | $(awk -v b="$b" 'BEGIN{printf "%.0f", b/1e6}') | $(f1 "$(maxof restore "$t" rss_mib)") | $(f1 "$(med restore "$t" cpu_s)") | $(loads restore "$t") |"
   done
@@ -478,6 +494,11 @@ verdict() { if awk "BEGIN{exit !($1)}"; then echo "**holds**"; else echo "**does
   echo "- restore within 1.2× of the disk with fsync: pitr $(mbps "$rb_pitr" "$r_pitr") MB/s vs dd $(mbps "$rb_dd" "$r_dd") MB/s: $(awk -v a="$rb_pitr" -v s="$r_pitr" -v b="$rb_dd" -v d="$r_dd" 'BEGIN{printf "%.2f", (b/d)/(a/s)}')× the floor's time per byte → $(verdict "($rb_dd/$r_dd) <= 1.2*($rb_pitr/$r_pitr)") (vs dd oflag=direct $(mbps "$rb_ddd" "$r_ddd") MB/s: $(awk -v a="$rb_pitr" -v s="$r_pitr" -v b="$rb_ddd" -v d="$r_ddd" 'BEGIN{printf "%.2f", (b/d)/(a/s)}')×)"
   echo "- RTO ≤ 0.9× pgBackRest's best: $(f1 "$x_pitr") s vs $(f1 "$x_pgbr_best") s (its median $(f1 "$x_pgbr") s) = $(awk -v a="$x_pitr" -v b="$x_pgbr_best" 'BEGIN{printf "%.2f", a/b}')× → $(verdict "$x_pitr <= 0.9*$x_pgbr_best")"
   echo "- peak memory < 256 MiB (basebackup create, pitr-restore, pitr-restore --start): max $(f1 "$m_pitr") MiB → $(verdict "$m_pitr < 256")"
+  echo
+  echo "### Client-side encryption (issue 16): at most 10 % slower, medians of this run"
+  echo
+  echo "- backup: $(f1 "$b_pitr") s plain vs $(f1 "$b_enc") s encrypted = $(awk -v a="$b_enc" -v b="$b_pitr" 'BEGIN{printf "%+.1f%%", 100*(a/b-1)}') → $(verdict "$b_enc <= 1.10*$b_pitr")"
+  echo "- restore: $(f1 "$r_pitr") s plain vs $(f1 "$r_enc") s encrypted = $(awk -v a="$r_enc" -v b="$r_pitr" 'BEGIN{printf "%+.1f%%", 100*(a/b-1)}') → $(verdict "$r_enc <= 1.10*$r_pitr")"
   echo
   echo "<details><summary>commands (\$W = the work directory)</summary>"
   echo

@@ -21,6 +21,8 @@
 # Tools (env TOOLS, space-separated; default below):
 #   pitr            target/release/wal-archiver push/get with its defaults
 #   pitr-sync       same with --push-ahead 0 --prefetch 0 (one file per call, no background work)
+#   pitr-enc, pitr-sync-enc  the same two with client-side encryption (--encryption-key-file,
+#                   a key made by `wal-archiver keys new-key-file` in $BENCH_TMP)
 #   pitr-T1-T2...   tokens lN (--compress-level N), tN (--compress-threads N), aN (--push-ahead
 #                   N), pN (--prefetch N); a and p default to 0 here (synchronous), e.g. pitr-l1-t2
 #   pgbackrest      pgBackRest archive-push/-get, posix repo, zst level 3, process-max 1, sync
@@ -89,6 +91,8 @@ fi
 
 # ---------------------------------------------------------------- inner: measurements
 BIN=$BENCH_TMP/bin/wal-archiver
+KEY=$BENCH_TMP/pitr-bench.key
+[ -f "$KEY" ] || "$BIN" keys new-key-file "$KEY" > /dev/null
 TSV=$BENCH_TMP/results.tsv
 : > "$TSV"
 ls "$CORPUS/wal" | grep -E '^[0-9A-F]{24}$' | sort > "$BENCH_TMP/segments"
@@ -144,11 +148,13 @@ reap(time.monotonic() + 120)  # untimed: let background workers finish before th
 print(f"{seconds:.3f} {call_rss} {call_cpu:.3f} {bg_n} {bg_rss} {bg_cpu:.3f}")
 PY
 
-pitr_flags() {  # pitr / pitr-sync / pitr-l1-t2-a0-p0 -> wal-archiver flags
+pitr_flags() {  # pitr / pitr-sync / pitr-enc / pitr-sync-enc / pitr-l1-t2-a0-p0 -> wal-archiver flags
   local t=$1 tok l="" th="" a=0 p=0
   case $t in
     pitr) return 0 ;;
     pitr-sync) echo "--push-ahead 0 --prefetch 0"; return 0 ;;
+    pitr-enc) echo "--encryption-key-file $KEY"; return 0 ;;
+    pitr-sync-enc) echo "--push-ahead 0 --prefetch 0 --encryption-key-file $KEY"; return 0 ;;
   esac
   IFS=- read -r -a toks <<< "${t#pitr-}"
   for tok in "${toks[@]}"; do

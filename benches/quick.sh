@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # quick.sh [OUTDIR] — the benchmarks in quick mode, for CI: a small WAL corpus (8 segments,
-# pgbench scale 5) through compare-push-get.sh (pitr, pitr-sync, pgBackRest, cp; 1 run), and
-# compare-backup-restore.sh at pgbench scale 10 (pitr, pg_basebackup, pgBackRest; 1 run).
+# pgbench scale 5) through compare-push-get.sh (pitr, pitr-sync, pitr-enc, pgBackRest, cp; 1 run), and
+# compare-backup-restore.sh at pgbench scale 10 (pitr, pitr-enc, pg_basebackup, pgBackRest; 1 run).
 # A few minutes on 2 cores, after the release build. It asserts nothing about timings: it
 # fails only when a tool fails (a wrong byte fetched back, a restore without its markers).
 #
@@ -26,7 +26,7 @@ echo "== quick benchmarks into $OUT" >&2
 CORPUS_SCALE=5 CORPUS_MAX_S=300 "$HERE/make-wal-corpus.sh" 8 "$OUT/corpus" > "$OUT/corpus.log" 2>&1 \
   || { tail -20 "$OUT/corpus.log" >&2; exit 1; }
 
-RESULTS_MD="$OUT/quick.md" BENCH_TMP="$OUT/push-get" TOOLS="pitr pitr-sync pgbackrest cp" BENCH_LIMIT=900 \
+RESULTS_MD="$OUT/quick.md" BENCH_TMP="$OUT/push-get" TOOLS="pitr pitr-sync pitr-enc pgbackrest cp" BENCH_LIMIT=900 \
   "$HERE/compare-push-get.sh" "$OUT/corpus" 1 >&2
 RESULTS_MD="$OUT/quick.md" BENCH_TMP="$OUT/backup-restore" SCALE=10 RUNS=1 DROP_TEMPLATE=1 NO_BUILD=1 \
   BENCH_LIMIT=1200 "$HERE/compare-backup-restore.sh" >&2

@@ -1084,4 +1084,46 @@ mod tests {
             e.to_string().contains("invalid s3-storage-class-backup \"ICE\"") && e.to_string().contains("GLACIER_IR")
         );
     }
+
+    /// Encryption settings: one kind of key, a key file made absolute, KMS region from
+    /// s3-region, handed to workers; KMS options without a KMS key are refused.
+    #[test]
+    fn encryption_settings() {
+        let base = || RepoArgs { repo: Some("/r".into()), ..Default::default() };
+        let c = Config::resolve(&RepoArgs { encryption_key_file: Some("k.key".into()), ..base() }).unwrap();
+        let abs = std::env::current_dir().unwrap().join("k.key");
+        assert_eq!(c.encryption, Some(KekSetting::File(abs.clone())));
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_ENCRYPTION_KEY_FILE"], abs.display().to_string());
+        let c = Config::resolve(&RepoArgs {
+            encryption_kms_key_id: Some("alias/k".into()),
+            s3_region: Some("eu-west-1".into()),
+            ..base()
+        })
+        .unwrap();
+        assert_eq!(
+            c.encryption,
+            Some(KekSetting::Kms { key_id: "alias/k".into(), endpoint: None, region: Some("eu-west-1".into()) })
+        );
+        assert_eq!(
+            c.encryption_env(),
+            vec![
+                ("PITR_ENCRYPTION_KMS_KEY_ID".to_string(), "alias/k".to_string()),
+                ("PITR_ENCRYPTION_KMS_REGION".to_string(), "eu-west-1".to_string())
+            ]
+        );
+        for (args, says) in [
+            (
+                RepoArgs { encryption_key_file: Some("k".into()), encryption_kms_key_id: Some("x".into()), ..base() },
+                "both set",
+            ),
+            (RepoArgs { encryption_kms_endpoint: Some("http://h".into()), ..base() }, "need encryption-kms-key-id"),
+            (RepoArgs { encryption_kms_key_id: Some("a\nb".into()), ..base() }, "control character"),
+        ] {
+            let e = Config::resolve(&args).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Config);
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        assert_eq!(Config::resolve(&base()).unwrap().encryption, None);
+    }
 }

@@ -165,6 +165,12 @@ fn debian_package_installs_works_and_goes() {
     std::fs::create_dir(&repo).unwrap();
     let mut keys = Vec::new();
     let mut full = String::new();
+    // Client-side encryption keys go into files of their own: a key for a repository that
+    // is not encrypted is refused by readers, and a key file and a KMS key exclude each other.
+    let key_file = dir.path().join("repository.key");
+    let mut made = Command::new("/usr/bin/wal-archiver");
+    ok(made.args(["keys", "new-key-file", key_file.to_str().unwrap()]));
+    let (mut with_key_file, mut with_kms) = (String::new(), String::new());
     for line in example.lines() {
         let Some(setting) = line.strip_prefix("# ") else { continue };
         let Some((key, _)) = setting.split_once(" = ") else { continue };
@@ -174,6 +180,11 @@ fn debian_package_installs_works_and_goes() {
         keys.push(key.to_string());
         if key == "repo" {
             full.push_str(&format!("repo = {:?}\n", repo.display().to_string()));
+        } else if key == "encryption-key-file" {
+            with_key_file.push_str(&format!("{key} = {:?}\n", key_file.display().to_string()));
+        } else if key.starts_with("encryption-") {
+            with_kms.push_str(setting);
+            with_kms.push('\n');
         } else {
             full.push_str(setting);
             full.push('\n');
@@ -195,6 +206,14 @@ fn debian_package_installs_works_and_goes() {
     ok(Command::new("/usr/bin/basebackup").args(["--config", cfg, "expire", "--dry-run"]));
     let plan = run(Command::new("/usr/bin/pitr-restore").args(["--config", cfg, "plan"]));
     assert_eq!(plan.status.code(), Some(10), "an empty repository is refused by the plan: {}", text(&plan.stderr));
+    for (name, extra) in [("key-file.toml", &with_key_file), ("kms.toml", &with_kms)] {
+        assert!(!extra.is_empty(), "{CONFIG} has no encryption keys for {name}");
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{full}{extra}")).unwrap();
+        let listed =
+            ok(Command::new("/usr/bin/wal-archiver").args(["--config", path.to_str().unwrap(), "keys", "list"]));
+        assert!(listed.contains("is not encrypted"), "{listed}");
+    }
 
     // The systemd units, with the programs in /usr/bin.
     let units = ["pitr-receive.service", "pitr-basebackup.service", "pitr-basebackup.timer"];
