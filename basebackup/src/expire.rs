@@ -20,6 +20,11 @@
 //! backup with missing objects (the listing shows them absent, exact keys confirm) cannot
 //! restore: the policy does not count it, so it never stands in for an intact backup, and it
 //! is left alone for the operator to look at.
+//!
+//! With S3 Object Lock, nothing whose lock has not passed is deleted (a DELETE would only
+//! hide it behind a delete marker, see [`crate::locks`]): a backup the policy expires but whose
+//! objects are still locked is kept, with the WAL it needs, and reported as "locked until";
+//! locked WAL and locked objects of interrupted backups are left for a later run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -37,6 +42,7 @@ use common::wal::{TimelineId, WalFileKind, WalSegmentSize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::locks;
 use crate::progress::human;
 
 /// How old (by its id, the start time) a backup without a catalog entry must be before its
@@ -241,6 +247,15 @@ pub struct ExpirePlan {
     /// they cannot restore, so the policy does not count them (a damaged newest backup must
     /// not be the reason to expire the intact ones before it); left alone, never deleted.
     pub damaged: Vec<(BackupEntry, Vec<String>)>,
+    /// Backups the policy expires that stay because their objects are still locked (S3
+    /// Object Lock; they are in `kept`), with the lock's end.
+    pub locked: Vec<(String, OffsetDateTime)>,
+    /// Backups without a catalog entry left whole because objects of theirs are still
+    /// locked, with the latest lock's end.
+    pub locked_orphans: Vec<(String, OffsetDateTime)>,
+    /// WAL objects before the kept backups' first segment that stay because they are still
+    /// locked, with each lock's end.
+    pub locked_wal: Vec<(ObjectInfo, OffsetDateTime)>,
 }
 
 impl ExpirePlan {
@@ -333,6 +348,22 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
     if plan.planning_restore.is_some() {
         keep.iter_mut().for_each(|k| *k = true);
     }
+    // A backup the policy expires but whose objects are still locked stays, with the WAL it
+    // needs, until a run after its lock. Its catalog entry answers for all its objects: the
+    // entry is written last, by the process that wrote the chunks and the manifest, with the
+    // same lock period, so its retain-until date is the latest of them (one request per
+    // backup instead of one per chunk).
+    let expiring: Vec<usize> = (0..entries.len()).filter(|&i| !keep[i]).collect();
+    let entry_keys = expiring
+        .iter()
+        .map(|&i| ObjectKey::new(catalog::entry_key(repo.cluster(), &entries[i].id)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (&i, until) in expiring.iter().zip(locks::locked_until(repo, &entry_keys, now).await?) {
+        if let Some(until) = until {
+            keep[i] = true;
+            plan.locked.push((entries[i].id.clone(), until));
+        }
+    }
     let damaged_ids: BTreeSet<String> = damaged.iter().map(|(e, _)| e.id.clone()).collect();
     plan.damaged = damaged;
     for (e, k) in entries.iter().zip(keep) {
@@ -375,6 +406,8 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
         }
     }
 
+    lock_orphans(repo, &prefix, &mut plan, now).await?;
+
     for o in wal {
         let Some(name) = wal_file_of_key(&o.key) else { continue };
         if name.kind == WalFileKind::History {
@@ -384,7 +417,49 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: OffsetDateTime) -> Re
             plan.wal.push(o);
         }
     }
+    // Each WAL object is asked on its own (as many requests as deleting them takes): WAL is
+    // written by many processes over time, each under the period configured then, and
+    // segments of one timeline may be archived late or out of order, so no object's date
+    // answers for another's. Locked ones wait for a later run; the kept backups need none.
+    let keys: Vec<ObjectKey> = plan.wal.iter().map(|o| o.key.clone()).collect();
+    let until = locks::locked_until(repo, &keys, now).await?;
+    let (mut free, mut locked) = (vec![], vec![]);
+    for (o, u) in std::mem::take(&mut plan.wal).into_iter().zip(until) {
+        match u {
+            Some(u) => locked.push((o, u)),
+            None => free.push(o),
+        }
+    }
+    (plan.wal, plan.locked_wal) = (free, locked);
     Ok(plan)
+}
+
+/// Leaves whole (and reports) each backup without a catalog entry some of whose objects are
+/// still locked: with no entry to answer for them, every object is asked.
+async fn lock_orphans(
+    repo: &Repository,
+    prefix: &str,
+    plan: &mut ExpirePlan,
+    now: OffsetDateTime,
+) -> Result<(), Failure> {
+    let keys: Vec<ObjectKey> = plan.orphan_objects.iter().map(|o| o.key.clone()).collect();
+    let mut locked: BTreeMap<String, OffsetDateTime> = BTreeMap::new();
+    for (key, until) in keys.iter().zip(locks::locked_until(repo, &keys, now).await?) {
+        let (Some(until), Some(id)) = (until, backup_id_of(prefix, key.as_str())) else { continue };
+        let latest = locked.entry(id).or_insert(until);
+        *latest = (*latest).max(until);
+    }
+    if !locked.is_empty() {
+        plan.orphan_objects.retain(|o| backup_id_of(prefix, o.key.as_str()).is_none_or(|id| !locked.contains_key(&id)));
+        plan.orphans.retain(|id| !locked.contains_key(id));
+        plan.locked_orphans = locked.into_iter().collect();
+    }
+    Ok(())
+}
+
+/// A lock's end for the report: RFC 3339, whole seconds.
+fn until_text(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0).unwrap_or(t).format(&Rfc3339).unwrap_or_default()
 }
 
 /// Deletes `keys`, [`PARALLEL_DELETES`] at a time, each with the configured retries.
@@ -477,6 +552,27 @@ pub fn report(plan: &ExpirePlan, policy: &Policy, now: OffsetDateTime) -> String
     for id in &plan.leased {
         out.push_str(&format!("kept    {id}  because a restore in progress uses it (a lease in leases/)\n"));
     }
+    for (id, until) in &plan.locked {
+        out.push_str(&format!(
+            "kept    {id}  locked until {} (S3 Object Lock): the policy expires it, a run after that deletes it\n",
+            until_text(*until)
+        ));
+    }
+    if let Some(latest) = plan.locked_wal.iter().map(|(_, u)| *u).max() {
+        let bytes: u64 = plan.locked_wal.iter().map(|(o, _)| o.size).sum();
+        out.push_str(&format!(
+            "WAL left: {} file(s), {}, locked until {} at the latest (S3 Object Lock), for a later run\n",
+            plan.locked_wal.len(),
+            human(bytes),
+            until_text(latest)
+        ));
+    }
+    for (id, until) in &plan.locked_orphans {
+        out.push_str(&format!(
+            "left    {id}  (no catalog entry) locked until {} (S3 Object Lock), for a later run\n",
+            until_text(*until)
+        ));
+    }
     for (e, problems) in &plan.damaged {
         out.push_str(&format!(
             "damaged {}  stopped {}  {} object(s) missing, e.g. {}: not counted by the policy, left alone (see \
@@ -522,6 +618,10 @@ pub fn report_json(plan: &ExpirePlan, dry_run: bool) -> serde_json::Value {
         "leased": plan.leased,
         "planning_restore": plan.planning_restore,
         "damaged": plan.damaged.iter().map(|(e, p)| serde_json::json!({"id": e.id, "problems": p})).collect::<Vec<_>>(),
+        "locked": plan.locked.iter().map(|(id, u)| serde_json::json!({"id": id, "locked_until": until_text(*u)})).collect::<Vec<_>>(),
+        "locked_orphans": plan.locked_orphans.iter().map(|(id, u)| serde_json::json!({"id": id, "locked_until": until_text(*u)})).collect::<Vec<_>>(),
+        "locked_wal_files": plan.locked_wal.len(),
+        "locked_wal_until": plan.locked_wal.iter().map(|(_, u)| *u).max().map(until_text),
         "deleted_objects": files,
         "deleted_bytes": bytes,
     })
@@ -594,14 +694,14 @@ mod tests {
         }
     }
 
-    const NOW: OffsetDateTime = datetime!(2026-12-10 12:00 UTC);
+    pub(super) const NOW: OffsetDateTime = datetime!(2026-12-10 12:00 UTC);
 
     /// Backups on days 1, 3, 5, 7 and 9 of December, at noon, in segments 2, 4, 6, 8, 10.
-    fn five() -> Vec<BackupEntry> {
+    pub(super) fn five() -> Vec<BackupEntry> {
         (0..5).map(|i| entry(datetime!(2026-12-01 12:00 UTC) + time::Duration::days(2 * i), 2 + 2 * i as u64)).collect()
     }
 
-    fn policy(n: Option<u32>, within: Option<&str>) -> Policy {
+    pub(super) fn policy(n: Option<u32>, within: Option<&str>) -> Policy {
         Policy::resolve(n, within).unwrap()
     }
 
@@ -910,5 +1010,166 @@ mod tests {
         let wal = |k: &&String| k.contains("/wal/");
         assert_eq!(after.iter().filter(wal).count(), before.iter().filter(wal).count(), "no WAL deleted");
         lease.release().await;
+    }
+}
+
+/// S3 Object Lock in the plan, against a store whose objects carry the retain-until dates a
+/// test gives them (the planner's `now` moves instead of the clock).
+#[cfg(test)]
+mod lock_tests {
+    use std::collections::BTreeMap;
+    use std::ops::Range;
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use common::retry::RetryPolicy;
+    use common::storage::memory::MemoryStorage;
+    use common::storage::{Body, ObjectReader, PutMode, Storage, StorageError};
+    use common::wal::{TimelineId, WalFileName};
+    use time::macros::datetime;
+
+    use super::tests::{five, policy, NOW};
+    use super::*;
+
+    /// Memory, plus a retain-until date per key.
+    #[derive(Debug, Default)]
+    struct Locked {
+        inner: MemoryStorage,
+        until: Mutex<BTreeMap<String, SystemTime>>,
+    }
+
+    impl Locked {
+        fn lock(&self, key: &str, until: OffsetDateTime) {
+            self.until.lock().unwrap().insert(key.to_string(), until.into());
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Locked {
+        async fn put(&self, key: &ObjectKey, body: Body, mode: PutMode) -> Result<(), StorageError> {
+            self.inner.put(key, body, mode).await
+        }
+        async fn get(&self, key: &ObjectKey) -> Result<ObjectReader, StorageError> {
+            self.inner.get(key).await
+        }
+        async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+            self.inner.read_range(key, range).await
+        }
+        async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo, StorageError> {
+            self.inner.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+            // As S3 without a version id: a locked object is "deleted" (hidden), and the test
+            // fails if that ever happens to one whose lock is ahead.
+            let until = self.until.lock().unwrap().get(key.as_str()).copied();
+            assert!(
+                until.is_none_or(|u| OffsetDateTime::from(u) <= datetime!(2026-12-13 12:00 UTC)),
+                "deleted a locked object: {key}"
+            );
+            self.inner.delete(key).await
+        }
+        async fn retention(&self, key: &ObjectKey) -> Result<Option<SystemTime>, StorageError> {
+            self.inner.head(key).await?;
+            Ok(self.until.lock().unwrap().get(key.as_str()).copied())
+        }
+    }
+
+    async fn put(storage: &dyn Storage, key: &str) {
+        let key = ObjectKey::new(key).unwrap();
+        storage.put(&key, Body::Bytes(Bytes::from_static(b"0123456")), PutMode::CreateNew).await.unwrap();
+    }
+
+    async fn left(storage: &dyn Storage, prefix: &str) -> Vec<String> {
+        storage.list(prefix).await.unwrap().into_iter().map(|o| o.key.to_string()).collect()
+    }
+
+    fn seg(n: u64) -> String {
+        let name = WalFileName::segment(TimelineId(1), n, WalSegmentSize::DEFAULT);
+        format!("main/wal/{}/{name}.zst", name.timeline_log_prefix())
+    }
+
+    /// Backups of Dec 5, 7 and 9 (segments 6, 8, 10), WAL 1..=11 and an interrupted backup of
+    /// Nov 1. Locked until after NOW (Dec 10): the Dec 5 backup's catalog entry, segment 3,
+    /// a chunk of the interrupted backup. The Dec 7 backup's lock has passed. With the newest
+    /// backup kept, the plan keeps Dec 5 (and the WAL from segment 6) and says until when,
+    /// expires Dec 7, leaves segment 3 and the interrupted backup; a plan after the locks
+    /// (Dec 13) expires them, and nothing locked is ever deleted.
+    #[tokio::test]
+    async fn locked_backups_and_wal_stay_until_their_lock_has_passed() {
+        let locked = Arc::new(Locked::default());
+        let storage: Arc<dyn Storage> = locked.clone();
+        let repo = Repository::new(storage.clone(), "main", RetryPolicy::with_retries(0));
+        let backups = five()[2..].to_vec();
+        for b in &backups {
+            let key = ObjectKey::new(catalog::entry_key("main", &b.id)).unwrap();
+            storage
+                .put(&key, Body::Bytes(Bytes::from(serde_json::to_vec(b).unwrap())), PutMode::CreateNew)
+                .await
+                .unwrap();
+            put(&*storage, &catalog::chunk_key("main", &b.id, "base.tar", 0)).await;
+            put(&*storage, &catalog::manifest_key("main", &b.id)).await;
+        }
+        for n in 1..=11 {
+            put(&*storage, &seg(n)).await;
+        }
+        put(&*storage, "main/backups/20261101T000000Z/base.tar/000000.zst").await;
+        put(&*storage, "main/backups/20261101T000000Z/base.tar/000001.zst").await;
+        let (dec5, dec7) = (&backups[0].id, &backups[1].id);
+        locked.lock(&catalog::entry_key("main", dec5), datetime!(2026-12-12 12:00 UTC));
+        locked.lock(&catalog::entry_key("main", dec7), datetime!(2026-12-09 12:00 UTC));
+        locked.lock(&seg(3), datetime!(2026-12-11 00:00 UTC));
+        locked.lock("main/backups/20261101T000000Z/base.tar/000001.zst", datetime!(2026-12-11 06:00 UTC));
+
+        let p = policy(Some(1), None);
+        let plan1 = plan(&repo, &p, NOW).await.unwrap();
+        let ids = |v: &[BackupEntry]| v.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&plan1.kept), [dec5.clone(), backups[2].id.clone()]);
+        assert_eq!(ids(&plan1.expired), [dec7.as_str()]);
+        assert_eq!(plan1.locked, [(dec5.clone(), datetime!(2026-12-12 12:00 UTC))]);
+        assert_eq!(plan1.wal_keep_from.as_deref(), Some(backups[0].wal_start_segment.as_str()));
+        let wal: Vec<&str> = plan1.wal.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(wal, [seg(1), seg(2), seg(4), seg(5)]);
+        assert_eq!(plan1.locked_wal.len(), 1);
+        assert_eq!(plan1.locked_wal[0].0.key.as_str(), seg(3));
+        assert!(plan1.orphans.is_empty() && plan1.orphan_objects.is_empty(), "{plan1:?}");
+        assert_eq!(plan1.locked_orphans, [("20261101T000000Z".to_string(), datetime!(2026-12-11 06:00 UTC))]);
+
+        let text = report(&plan1, &p, NOW);
+        assert!(
+            text.contains(&format!("kept    {dec5}  locked until 2026-12-12T12:00:00Z (S3 Object Lock)")),
+            "{text}"
+        );
+        assert!(text.contains("WAL left: 1 file(s)") && text.contains("until 2026-12-11T00:00:00Z"), "{text}");
+        assert!(
+            text.contains("left    20261101T000000Z  (no catalog entry) locked until 2026-12-11T06:00:00Z"),
+            "{text}"
+        );
+        let json = report_json(&plan1, false);
+        assert_eq!(json["locked"], serde_json::json!([{"id": dec5, "locked_until": "2026-12-12T12:00:00Z"}]));
+        assert_eq!(json["locked_wal_files"], 1);
+        assert_eq!(json["locked_wal_until"], "2026-12-11T00:00:00Z");
+        assert_eq!(json["locked_orphans"][0]["id"], "20261101T000000Z");
+
+        assert_eq!(execute(&repo, &plan1).await.unwrap(), None);
+        assert!(!left(&*storage, "main/backups/").await.iter().any(|k| k.contains(dec7.as_str())));
+        assert_eq!(left(&*storage, &format!("main/backups/{dec5}")).await.len(), 3, "entry, chunk and manifest stay");
+        assert_eq!(left(&*storage, "main/backups/20261101T000000Z/").await.len(), 2, "left whole");
+        let wal_left = left(&*storage, "main/wal/").await;
+        assert_eq!(wal_left[0], seg(3));
+        assert_eq!(wal_left[1], seg(6));
+
+        // Once the locks have passed, the policy has its way.
+        let later = datetime!(2026-12-13 12:00 UTC);
+        let plan2 = plan(&repo, &p, later).await.unwrap();
+        assert_eq!(ids(&plan2.expired), [dec5.as_str()]);
+        assert!(plan2.locked.is_empty() && plan2.locked_wal.is_empty() && plan2.locked_orphans.is_empty());
+        assert_eq!(plan2.orphans, ["20261101T000000Z"]);
+        assert_eq!(execute(&repo, &plan2).await.unwrap(), None);
+        assert_eq!(left(&*storage, "main/wal/").await[0], seg(10));
+        assert!(left(&*storage, "main/backups/20261101T000000Z/").await.is_empty());
     }
 }

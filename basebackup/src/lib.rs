@@ -6,7 +6,8 @@
 //!   against the server's manifest, recorded only once its WAL is archived;
 //! - [`list`]: the catalog entries;
 //! - [`verify`]: every chunk, every file and the WAL of stored backups;
-//! - [`expire`]: retention: the backups a policy no longer keeps and the WAL only they need.
+//! - [`expire`]: retention: the backups a policy no longer keeps and the WAL only they need,
+//!   around what S3 Object Lock still holds ([`locks`]).
 //!
 //! What is stored is described in `common::catalog` and docs/basebackup.md.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod create;
 pub mod expire;
 pub mod list;
+pub mod locks;
 pub mod progress;
 pub mod verify;
 pub mod wal;
@@ -60,7 +62,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     Some(w) => Some((w.as_str(), flags.get("keep-within"))),
                     None => config.keep_within.as_deref().map(|w| (w, config.source("keep-within"))),
                 };
+                let window_source = keep_within.as_ref().map(|(_, s)| s.clone());
                 let policy = expire::Policy::resolve_from(keep_backups, keep_within)?;
+                let window_origin =
+                    window_source.as_ref().map(|source| common::config::Origin { key: "keep-within", source });
+                locks::check_period(&config, policy.keep_within, window_origin)?;
                 expire::expire(&config, policy, dry_run, json).await
             }
         }

@@ -22,10 +22,13 @@ use serde::Deserialize;
 use crate::codec::CompressOptions;
 use crate::encryption::{self, Access, Kek, KekSetting};
 use crate::exit::{Failure, FailureKind};
-use crate::repository::{object_class, valid_cluster_name, ObjectClass, Repository};
+use crate::repository::{locked_object, object_class, valid_cluster_name, ObjectClass, Repository};
 use crate::retry::RetryPolicy;
 use storage::local::LocalStorage;
-use storage::s3::{storage_class_names, valid_storage_class, S3Config, S3Options, S3Storage, Sse, StorageClassRule};
+use storage::s3::{
+    storage_class_names, valid_storage_class, LockMode, ObjectLock, S3Config, S3Options, S3Storage, Sse,
+    StorageClassRule,
+};
 use storage::Storage;
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -196,6 +199,14 @@ pub struct RepoArgs {
     /// KMS region [default: s3-region, else the AWS environment or profile].
     #[arg(long, env = "PITR_ENCRYPTION_KMS_REGION", value_name = "REGION", global = true)]
     pub encryption_kms_region: Option<String>,
+    /// S3 Object Lock on WAL, backups and catalog entries: governance or compliance; the bucket
+    /// must have Object Lock enabled [default: no lock].
+    #[arg(long, env = "PITR_S3_OBJECT_LOCK_MODE", value_name = "governance|compliance", global = true)]
+    pub s3_object_lock_mode: Option<String>,
+    /// How long each locked object stays locked after its upload, e.g. 7d; at most keep-within
+    /// [default: keep-within from pitr.toml].
+    #[arg(long, env = "PITR_S3_OBJECT_LOCK_PERIOD", value_name = "DURATION", global = true)]
+    pub s3_object_lock_period: Option<String>,
     /// PostgreSQL data directory.
     #[arg(long, short = 'D', env = "PITR_PGDATA", value_name = "DIR", global = true)]
     pub pgdata: Option<PathBuf>,
@@ -248,6 +259,10 @@ pub struct FileConfig {
     pub encryption_kms_endpoint: Option<String>,
     /// See [`RepoArgs::encryption_kms_region`].
     pub encryption_kms_region: Option<String>,
+    /// See [`RepoArgs::s3_object_lock_mode`].
+    pub s3_object_lock_mode: Option<String>,
+    /// See [`RepoArgs::s3_object_lock_period`].
+    pub s3_object_lock_period: Option<String>,
     /// See [`RepoArgs::pgdata`].
     pub pgdata: Option<PathBuf>,
     /// See [`RepoArgs::retries`].
@@ -327,6 +342,28 @@ pub struct S3Settings {
     pub storage_class_wal: Option<String>,
     /// Storage class of backup chunks and manifests.
     pub storage_class_backup: Option<String>,
+    /// Object Lock of WAL, backups and catalog entries.
+    pub object_lock: Option<LockSettings>,
+}
+
+/// S3 Object Lock as configured: how every object [`locked_object`] selects is locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockSettings {
+    /// The retention mode.
+    pub mode: LockMode,
+    /// How long after its upload an object stays locked.
+    pub period: std::time::Duration,
+    /// The period was not set: it is `keep-within` from the file.
+    pub period_from_keep_within: bool,
+}
+
+/// The longest lock period accepted (S3 itself allows 100 years).
+pub const MAX_LOCK_PERIOD: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86400);
+
+/// A duration as `keep-within` and `s3-object-lock-period` take it: `7d`, `36h`, `2weeks`,
+/// `1d 12h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (use e.g. 7d, 36h, 2weeks)"))
 }
 
 /// Validated configuration. Its `Debug` leaves out the connection string, which may hold a
@@ -486,6 +523,75 @@ fn resolve_encryption(
     }
 }
 
+/// Object Lock from its settings: a mode needs a period (its own, else `keep-within`); a
+/// period needs a mode, and may not exceed `keep-within`, or `expire` could not delete on
+/// time what the policy no longer keeps. Like every `s3-*` setting it is checked whatever
+/// the repository, and does nothing for a local directory, which cannot lock.
+fn resolve_object_lock(
+    p: &Picker<'_>,
+    mode: Option<String>,
+    period: Option<String>,
+    keep_within: Option<&str>,
+) -> Result<Option<LockSettings>, Failure> {
+    let mode = match (mode, &period) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(p.bad(
+                "s3-object-lock-period",
+                "s3-object-lock-period needs s3-object-lock-mode (governance or compliance)",
+            ))
+        }
+        (Some(m), _) => match m.to_ascii_lowercase().as_str() {
+            "governance" => LockMode::Governance,
+            "compliance" => LockMode::Compliance,
+            _ => {
+                return Err(p.bad(
+                    "s3-object-lock-mode",
+                    format!("invalid s3-object-lock-mode {m:?}: use governance or compliance"),
+                ))
+            }
+        },
+    };
+    let keep_within = match keep_within {
+        Some(w) => {
+            Some(parse_duration(w).map_err(|e| p.bad("keep-within", format!("invalid keep-within {w:?}: {e}")))?)
+        }
+        None => None,
+    };
+    let (period, period_from_keep_within) = match (period, keep_within) {
+        (Some(t), _) => {
+            let d = parse_duration(&t)
+                .map_err(|e| p.bad("s3-object-lock-period", format!("invalid s3-object-lock-period {t:?}: {e}")))?;
+            (d, false)
+        }
+        (None, Some(w)) => (w, true),
+        (None, None) => {
+            return Err(p.bad(
+                "s3-object-lock-mode",
+                "s3-object-lock-mode needs a lock period: set s3-object-lock-period (e.g. 7d), or keep-within in \
+                 pitr.toml, from which it defaults",
+            ))
+        }
+    };
+    let key = if period_from_keep_within { "keep-within" } else { "s3-object-lock-period" };
+    if period.is_zero() || period > MAX_LOCK_PERIOD {
+        return Err(p.bad(key, "the Object Lock period must be more than 0 and at most 100 years"));
+    }
+    if let Some(w) = keep_within.filter(|w| period > *w) {
+        return Err(p.bad(
+            "s3-object-lock-period",
+            format!(
+                "s3-object-lock-period {} is longer than keep-within {} (from {}): basebackup expire could not delete \
+                 on time what the policy no longer keeps; use at most keep-within",
+                humantime::format_duration(period),
+                humantime::format_duration(w),
+                Origin { key: "keep-within", source: p.sources.get("keep-within").unwrap_or(&Source::Default) }
+            ),
+        ));
+    }
+    Ok(Some(LockSettings { mode, period, period_from_keep_within }))
+}
+
 /// `url` with the user information of its authority (`user:password@`) replaced by `***`,
 /// when it has any; `None` when it has none.
 pub fn redact_userinfo(url: &str) -> Option<String> {
@@ -546,6 +652,10 @@ impl Config {
         }
         if let Some(c) = &self.s3.storage_class_backup {
             env.push(("PITR_S3_STORAGE_CLASS_BACKUP".into(), c.clone()));
+        }
+        if let Some(l) = &self.s3.object_lock {
+            env.push(("PITR_S3_OBJECT_LOCK_MODE".into(), l.mode.as_str().to_ascii_lowercase()));
+            env.push(("PITR_S3_OBJECT_LOCK_PERIOD".into(), humantime::format_duration(l.period).to_string()));
         }
         env.extend(self.encryption_env());
         env
@@ -657,7 +767,7 @@ impl Config {
             }
         }
         let [storage_class_wal, storage_class_backup] = classes;
-        let s3 = S3Settings {
+        let mut s3 = S3Settings {
             endpoint,
             region: p.pick("s3-region", args.s3_region.clone(), file.s3_region),
             path_style,
@@ -665,6 +775,7 @@ impl Config {
             sse,
             storage_class_wal,
             storage_class_backup,
+            object_lock: None,
         };
         let retries = p.pick("retries", args.retries, file.retries).unwrap_or(RetryPolicy::default().retries);
         let metrics_listen = match p.pick("metrics-listen", None, file.metrics_listen) {
@@ -707,6 +818,10 @@ impl Config {
         let dbname = p.pick("dbname", None, file.dbname);
         let keep_backups = p.pick("keep-backups", None, file.keep_backups);
         let keep_within = p.pick("keep-within", None, file.keep_within);
+        let lock_mode = p.pick("s3-object-lock-mode", args.s3_object_lock_mode.clone(), file.s3_object_lock_mode);
+        let lock_period =
+            p.pick("s3-object-lock-period", args.s3_object_lock_period.clone(), file.s3_object_lock_period);
+        s3.object_lock = resolve_object_lock(&p, lock_mode, lock_period, keep_within.as_deref())?;
         Ok(Config {
             file: file_path,
             sources: p.sources,
@@ -801,6 +916,7 @@ impl Config {
                     operation_timeout: self.s3.timeout,
                     sse: self.s3.sse.clone(),
                     storage_class,
+                    object_lock: self.object_lock(),
                     ..S3Options::default()
                 };
                 Ok(Arc::new(S3Storage::connect_with(cfg, options).await?))
@@ -820,6 +936,16 @@ impl Config {
                 e.context(format!("the key-encryption key ({})", self.origin(key)))
             }),
         }
+    }
+
+    /// The Object Lock the S3 backend applies: the configured mode and period, on the objects
+    /// [`locked_object`] selects.
+    fn object_lock(&self) -> Option<ObjectLock> {
+        self.s3.object_lock.as_ref().map(|l| ObjectLock {
+            mode: l.mode,
+            period: l.period,
+            rule: Arc::new(locked_object),
+        })
     }
 
     /// Opens this cluster's part of the repository (see [`Config::open_storage`]).
@@ -1125,5 +1251,79 @@ mod tests {
             assert!(e.to_string().contains(says), "{e}");
         }
         assert_eq!(Config::resolve(&base()).unwrap().encryption, None);
+    }
+
+    /// Object Lock: a mode with a period of its own or keep-within's, refused with its source
+    /// when it cannot be derived, exceeds keep-within, or has no mode or no S3 repository.
+    #[test]
+    fn object_lock_settings() {
+        use std::time::Duration;
+        let day = Duration::from_secs(86400);
+        let base = || RepoArgs { repo: Some("s3://bkt/p".into()), ..Default::default() };
+        let args = RepoArgs {
+            s3_object_lock_mode: Some("GOVERNANCE".into()),
+            s3_object_lock_period: Some("7d".into()),
+            ..base()
+        };
+        let c = Config::resolve(&args).unwrap();
+        let want = LockSettings { mode: LockMode::Governance, period: 7 * day, period_from_keep_within: false };
+        assert_eq!(c.s3.object_lock, Some(want.clone()));
+        let lock = c.object_lock().unwrap();
+        assert!((lock.rule)("main/wal/0000000100000000/000000010000000000000003.zst"));
+        assert!(!(lock.rule)("main/receiver/000000010000000000000003.partial.zst"));
+        // Workers get the same lock.
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_S3_OBJECT_LOCK_MODE"], "governance");
+        let worker = RepoArgs {
+            s3_object_lock_mode: Some(env["PITR_S3_OBJECT_LOCK_MODE"].clone()),
+            s3_object_lock_period: Some(env["PITR_S3_OBJECT_LOCK_PERIOD"].clone()),
+            ..base()
+        };
+        assert_eq!(Config::resolve(&worker).unwrap().s3.object_lock, Some(want));
+
+        // The period defaults to keep-within from the file; a longer one is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pitr.toml");
+        std::fs::write(&f, "repo = \"s3://bkt/p\"\nkeep-within = \"14d\"\ns3-object-lock-mode = \"compliance\"\n")
+            .unwrap();
+        let c = Config::resolve(&RepoArgs { config: Some(f.clone()), ..Default::default() }).unwrap();
+        let lock = c.s3.object_lock.unwrap();
+        assert_eq!((lock.mode, lock.period, lock.period_from_keep_within), (LockMode::Compliance, 14 * day, true));
+        let args =
+            RepoArgs { config: Some(f.clone()), s3_object_lock_period: Some("15d".into()), ..Default::default() };
+        let e = Config::resolve(&args).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        let text = e.to_string();
+        assert!(text.contains("longer than keep-within 14days"), "{text}");
+        assert!(text.contains(&format!("from keep-within in {}", f.display())), "{text}");
+        assert!(text.ends_with("(from --s3-object-lock-period)"), "{text}");
+
+        for (args, needle) in [
+            (RepoArgs { s3_object_lock_mode: Some("governance".into()), ..base() }, "needs a lock period"),
+            (RepoArgs { s3_object_lock_period: Some("1d".into()), ..base() }, "needs s3-object-lock-mode"),
+            (RepoArgs { s3_object_lock_mode: Some("legal".into()), ..base() }, "invalid s3-object-lock-mode \"legal\""),
+            (
+                RepoArgs {
+                    s3_object_lock_mode: Some("governance".into()),
+                    s3_object_lock_period: Some("1 fortnight".into()),
+                    ..base()
+                },
+                "invalid s3-object-lock-period",
+            ),
+            (
+                RepoArgs {
+                    s3_object_lock_mode: Some("governance".into()),
+                    s3_object_lock_period: Some("0s".into()),
+                    ..base()
+                },
+                "more than 0",
+            ),
+        ] {
+            let e = Config::resolve(&args).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Config, "{needle}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let e = Config::resolve(&RepoArgs { s3_object_lock_mode: Some("governance".into()), ..base() }).unwrap_err();
+        assert!(e.to_string().ends_with("(from --s3-object-lock-mode)"), "{e}");
     }
 }

@@ -88,6 +88,21 @@ pub fn object_class(key: &str) -> Option<ObjectClass> {
     }
 }
 
+/// Whether S3 Object Lock (when configured) locks the object at `key` (relative to the
+/// repository's prefix): the objects pitr never replaces and deletes only by retention, i.e.
+/// WAL and history files under `wal/`, a backup's chunks and manifest, and catalog entries.
+/// Not locked: what pitr replaces or deletes in normal operation (the receiver's partial
+/// segment, uploaded again every second; restore leases; reservations, removed with a failed
+/// backup), and the cluster record (never deleted, and read by every push).
+pub fn locked_object(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        [_, "wal", name] => name.ends_with(".history.zst"),
+        [_, "backups", name] => name.ends_with(".json"),
+        _ => object_class(key).is_some(),
+    }
+}
+
 impl Repository {
     /// The part of `storage` that belongs to `cluster`.
     pub fn new(storage: Arc<dyn Storage>, cluster: &str, retry: RetryPolicy) -> Self {
@@ -436,5 +451,33 @@ mod tests {
         assert_eq!(object_class(&crate::catalog::entry_key("main", id)), None);
         assert_eq!(object_class(&crate::catalog::reservation_key("main", id)), None);
         assert_eq!(object_class("main/cluster.json"), None);
+    }
+
+    /// Object Lock covers what pitr never replaces nor deletes outside retention.
+    #[test]
+    fn locked_objects_follow_the_layout() {
+        let repo = Repository::new(Arc::new(storage::memory::MemoryStorage::new()), "main", RetryPolicy::default());
+        let seg = WalFileName::parse("000000010000000000000003").unwrap();
+        let partial = WalFileName::parse("000000010000000000000003.partial").unwrap();
+        let hist = WalFileName::parse("00000002.history").unwrap();
+        let id = "20261205T083549Z";
+        for locked in [
+            repo.wal_key(&seg).to_string(),
+            repo.wal_key(&partial).to_string(),
+            repo.wal_key(&hist).to_string(),
+            crate::catalog::chunk_key("main", id, "base.tar", 0),
+            crate::catalog::manifest_key("main", id),
+            crate::catalog::entry_key("main", id),
+        ] {
+            assert!(locked_object(&locked), "{locked}");
+        }
+        for free in [
+            repo.receiver_partial_key(&seg).to_string(),
+            crate::catalog::reservation_key("main", id),
+            "main/leases/restore-0123abcd.json".to_string(),
+            "main/cluster.json".to_string(),
+        ] {
+            assert!(!locked_object(&free), "{free}");
+        }
     }
 }

@@ -22,6 +22,7 @@ pub async fn run_all(s: &dyn Storage, prefix: &str) {
     file_bodies(s, prefix).await;
     awkward_names(s, prefix).await;
     empty_object(s, prefix).await;
+    no_retention_without_a_lock(s, prefix).await;
 }
 
 /// What is put is what is read back, byte for byte.
@@ -132,4 +133,12 @@ pub async fn empty_object(s: &dyn Storage, prefix: &str) {
     s.put(&k, Body::Bytes(Bytes::new()), PutMode::CreateNew).await.unwrap();
     assert_eq!(s.head(&k).await.unwrap().size, 0);
     assert!(read_all(s, &k).await.unwrap().is_empty());
+}
+
+/// An object written without Object Lock has no retention date (a backend that can lock
+/// answers from the store; the others never lock anything).
+pub async fn no_retention_without_a_lock(s: &dyn Storage, prefix: &str) {
+    let k = key(prefix, "lock/obj");
+    s.put(&k, Body::Bytes(Bytes::from_static(b"x")), PutMode::CreateNew).await.unwrap();
+    assert_eq!(s.retention(&k).await.expect("retention"), None, "an object written without a lock is not locked");
 }

@@ -468,6 +468,10 @@ impl Storage for EncryptedStorage {
         self.inner.delete(key).await
     }
 
+    async fn retention(&self, key: &ObjectKey) -> Result<Option<std::time::SystemTime>, StorageError> {
+        self.inner.retention(key).await
+    }
+
     fn scratch_dir(&self) -> Option<PathBuf> {
         self.inner.scratch_dir()
     }

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,6 +77,10 @@ impl Storage for FaultyStorage {
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.check("delete", key.as_str())?;
         self.inner.delete(key).await
+    }
+    async fn retention(&self, key: &ObjectKey) -> Result<Option<SystemTime>, StorageError> {
+        self.check("retention", key.as_str())?;
+        self.inner.retention(key).await
     }
     fn scratch_dir(&self) -> Option<PathBuf> {
         self.inner.scratch_dir()

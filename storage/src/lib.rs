@@ -22,6 +22,7 @@ pub mod retry;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -233,6 +234,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Removes the object; removing an absent key succeeds.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// Until when the object is protected from deletion (its S3 Object Lock retain-until
+    /// date), or `None` when it carries no retention; a date in the past means the lock has
+    /// passed. Backends that cannot lock objects (local, memory) answer `None` without
+    /// looking. A missing key is `NotFound` where the backend looks, `None` elsewhere.
+    ///
+    /// Required, with no default, so that a wrapper around another backend must decide to
+    /// pass it through: a wrapper that answered `None` for a locked object would let
+    /// `basebackup expire` "delete" it (on a versioned bucket: hide it behind a delete marker).
+    async fn retention(&self, key: &ObjectKey) -> Result<Option<SystemTime>, StorageError>;
 
     /// A directory on the same filesystem as the objects, where callers may stage files
     /// that `put(Body::File)` then stores without a copy. `None` for remote stores.

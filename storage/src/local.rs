@@ -11,6 +11,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -338,6 +339,11 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io("remove", &p, e)),
         }
+    }
+
+    /// A directory has no Object Lock: nothing is ever locked here.
+    async fn retention(&self, _key: &ObjectKey) -> Result<Option<SystemTime>, StorageError> {
+        Ok(None)
     }
 
     fn scratch_dir(&self) -> Option<PathBuf> {

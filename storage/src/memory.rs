@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,6 +76,11 @@ impl Storage for MemoryStorage {
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(key.as_str());
         Ok(())
+    }
+
+    /// Nothing in memory is ever locked.
+    async fn retention(&self, _key: &ObjectKey) -> Result<Option<SystemTime>, StorageError> {
+        Ok(None)
     }
 }
 

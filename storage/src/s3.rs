@@ -19,13 +19,16 @@
 //! - A `put` returns `Ok` only after a HEAD shows the object with the size that was sent.
 //! - Memory is bounded: files are streamed, and files above the multipart threshold are sent
 //!   one part at a time; a failed multipart upload is aborted.
+//! - With [`ObjectLock`], every upload its rule selects (single PUT or multipart) carries a
+//!   retention mode and a retain-until date of the upload's start plus the lock period, and
+//!   [`Storage::retention`] reads that date back (HEAD); the rest are never locked.
 
 use std::future::Future;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
@@ -36,10 +39,10 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
-    ServerSideEncryption, StorageClass,
+    ObjectLockMode, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
@@ -76,6 +79,66 @@ pub enum Sse {
 /// the bucket's default. Given by whoever knows what the keys hold (this layer does not).
 pub type StorageClassRule = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// The Object Lock retention mode of locked uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// `GOVERNANCE`: a user with `s3:BypassGovernanceRetention` can still delete or shorten
+    /// the lock (pitr never does); everyone else cannot.
+    Governance,
+    /// `COMPLIANCE`: nobody, not even the account's root user, can delete the object version
+    /// or shorten its lock until the date has passed.
+    Compliance,
+}
+
+impl LockMode {
+    /// `GOVERNANCE` or `COMPLIANCE`, as S3 names it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+
+    fn sdk(self) -> ObjectLockMode {
+        match self {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        }
+    }
+}
+
+/// Whether the object at a key (relative to the prefix) is locked when uploaded. Given by
+/// whoever knows what the keys hold (this layer does not): objects that pitr replaces or
+/// deletes in normal operation must not be locked.
+pub type LockRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// S3 Object Lock on uploads (the bucket must have been created with Object Lock enabled).
+#[derive(Clone)]
+pub struct ObjectLock {
+    /// The retention mode.
+    pub mode: LockMode,
+    /// How long after its upload starts an object stays locked.
+    pub period: Duration,
+    /// Which keys are locked.
+    pub rule: LockRule,
+}
+
+impl std::fmt::Debug for ObjectLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectLock").field("mode", &self.mode).field("period", &self.period).finish_non_exhaustive()
+    }
+}
+
+impl ObjectLock {
+    /// The retain-until date of an upload that starts at `now`: `now` plus the period,
+    /// rounded up to a whole second (S3 and some compatible servers read whole seconds).
+    pub fn retain_until(&self, now: SystemTime) -> SystemTime {
+        let until = now.checked_add(self.period).unwrap_or(now);
+        let secs = until.duration_since(UNIX_EPOCH).map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(0);
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+}
+
 /// Whether `name` is an S3 storage class this client knows (`STANDARD`, `STANDARD_IA`,
 /// `GLACIER_IR`, …).
 pub fn valid_storage_class(name: &str) -> bool {
@@ -107,6 +170,9 @@ pub struct S3Options {
     pub sse: Option<Sse>,
     /// Storage class per object; `None` leaves the bucket's default for all.
     pub storage_class: Option<StorageClassRule>,
+    /// Object Lock of the uploads its rule selects; `None` locks nothing (and
+    /// [`Storage::retention`] then answers `None` without a request).
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// Uploads are given `operation_timeout` plus their size at this rate (bytes per second).
@@ -128,6 +194,7 @@ impl Default for S3Options {
             operation_timeout: Duration::from_secs(60),
             sse: None,
             storage_class: None,
+            object_lock: None,
         }
     }
 }
@@ -142,6 +209,7 @@ impl std::fmt::Debug for S3Options {
             .field("operation_timeout", &self.operation_timeout)
             .field("sse", &self.sse)
             .field("storage_class", &self.storage_class.as_ref().map(|_| "<rule>"))
+            .field("object_lock", &self.object_lock)
             .finish()
     }
 }
@@ -542,9 +610,19 @@ fn is_precondition_failed(f: &Failure) -> bool {
         && matches!(f.code.as_deref(), None | Some("PreconditionFailed" | "ConditionalRequestConflict"))
 }
 
+/// What an upload of one key asks for besides its content.
+struct UploadSettings {
+    sse: Option<ServerSideEncryption>,
+    kms_key: Option<String>,
+    class: Option<StorageClass>,
+    /// The Object Lock mode and retain-until date, when the key is locked.
+    lock: Option<(ObjectLockMode, DateTime)>,
+}
+
 impl S3Storage {
-    /// The encryption, KMS key and storage class an upload of `key` asks for.
-    fn upload_settings(&self, key: &ObjectKey) -> (Option<ServerSideEncryption>, Option<String>, Option<StorageClass>) {
+    /// The encryption, KMS key, storage class and lock an upload of `key` that starts now
+    /// asks for.
+    fn upload_settings(&self, key: &ObjectKey) -> UploadSettings {
         let (sse, kms_key) = match &self.options.sse {
             None => (None, None),
             Some(Sse::S3) => (Some(ServerSideEncryption::Aes256), None),
@@ -556,7 +634,25 @@ impl S3Storage {
             .as_ref()
             .and_then(|rule| rule(key.as_str()))
             .map(|c| StorageClass::from(c.as_str()));
-        (sse, kms_key, class)
+        let lock = self.options.object_lock.as_ref().filter(|l| (l.rule)(key.as_str())).map(|l| {
+            let until = l.retain_until(SystemTime::now());
+            (l.mode.sdk(), DateTime::from(until))
+        });
+        UploadSettings { sse, kms_key, class, lock }
+    }
+
+    /// `f`'s error for an upload, with what to do when the bucket cannot lock objects.
+    fn upload_error(&self, op: &'static str, full: &str, mut f: Failure) -> StorageError {
+        let lock_refused = f.code.as_deref() == Some("InvalidRequest")
+            && f.message.to_ascii_lowercase().replace(' ', "").contains("objectlockconfiguration");
+        if self.options.object_lock.is_some() && lock_refused {
+            f.message.push_str(
+                " (s3-object-lock-mode needs a bucket created with Object Lock enabled; see docs/security.md, \
+                 \"Object Lock\")",
+            );
+            f.retryable = false;
+        }
+        self.remote(op, full, f)
     }
 
     /// One PutObject of the whole body.
@@ -589,14 +685,22 @@ impl S3Storage {
         if mode == PutMode::CreateNew {
             req = req.if_none_match("*");
         }
-        let (sse, kms_key, class) = self.upload_settings(key);
-        req = req.set_server_side_encryption(sse).set_ssekms_key_id(kms_key).set_storage_class(class);
+        let up = self.upload_settings(key);
+        req = req.set_server_side_encryption(up.sse).set_ssekms_key_id(up.kms_key).set_storage_class(up.class);
+        if let Some((lock_mode, until)) = up.lock {
+            // S3 requires Content-MD5 or x-amz-sdk-checksum-algorithm with a lock; the CRC32
+            // above is ours (the SDK adds no checksum when one is set).
+            req = req
+                .object_lock_mode(lock_mode)
+                .object_lock_retain_until_date(until)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
         match call(self.upload_timeout(size), req.send()).await {
             Ok(_) => Ok(()),
             Err(f) if mode == PutMode::CreateNew && is_precondition_failed(&f) => {
                 Err(StorageError::AlreadyExists { key: key.to_string() })
             }
-            Err(f) => Err(self.remote("put", full, f)),
+            Err(f) => Err(self.upload_error("put", full, f)),
         }
     }
 
@@ -609,19 +713,22 @@ impl S3Storage {
         size: u64,
         mode: PutMode,
     ) -> Result<(), StorageError> {
-        let (sse, kms_key, class) = self.upload_settings(key);
+        let up = self.upload_settings(key);
+        let (lock_mode, until) = up.lock.unzip();
         let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.config.bucket)
             .key(full)
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .set_storage_class(class);
+            .set_server_side_encryption(up.sse)
+            .set_ssekms_key_id(up.kms_key)
+            .set_storage_class(up.class)
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(until);
         let created = call(self.options.operation_timeout, req.send())
             .await
-            .map_err(|f| self.remote("put (start multipart)", full, f))?;
+            .map_err(|f| self.upload_error("put (start multipart)", full, f))?;
         let Some(upload_id) = created.upload_id else {
             return Err(StorageError::Remote {
                 op: "put (start multipart)",
@@ -890,6 +997,30 @@ impl Storage for S3Storage {
             Err(f) => Err(self.remote("delete", &full, f)),
         }
     }
+
+    /// From a HEAD (`x-amz-object-lock-retain-until-date`), which S3 answers only to a
+    /// caller with `s3:GetObjectRetention`; GetObjectRetention itself is not implemented by
+    /// every S3-compatible server (moto answers it with the object). Without Object Lock
+    /// configured, `None` without a request.
+    async fn retention(&self, key: &ObjectKey) -> Result<Option<SystemTime>, StorageError> {
+        if self.options.object_lock.is_none() {
+            return Ok(None);
+        }
+        let full = self.full_key(key.as_str());
+        let req = self.client.head_object().bucket(&self.config.bucket).key(&full).send();
+        match call(self.options.operation_timeout, req).await {
+            Ok(out) => Ok(out.object_lock_retain_until_date().map(|d| {
+                let secs = d.secs();
+                if secs >= 0 {
+                    UNIX_EPOCH + Duration::new(secs as u64, d.subsec_nanos())
+                } else {
+                    UNIX_EPOCH
+                }
+            })),
+            Err(f) if Self::is_no_such_key(&f) => Err(self.not_found("retention", key, &full).await),
+            Err(f) => Err(self.remote("retention", &full, f)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -931,5 +1062,19 @@ mod tests {
     fn checksums_are_big_endian_base64() {
         // CRC32 of "123456789" is 0xCBF43926.
         assert_eq!(crc32_b64(crc32fast::hash(b"123456789")), "y/Q5Jg==");
+    }
+
+    #[test]
+    fn retain_until_is_the_period_after_the_upload_in_whole_seconds() {
+        let lock = ObjectLock {
+            mode: LockMode::Governance,
+            period: Duration::from_secs(86400),
+            rule: Arc::new(|_: &str| true),
+        };
+        let t = UNIX_EPOCH + Duration::new(1_000, 1);
+        assert_eq!(lock.retain_until(t), UNIX_EPOCH + Duration::from_secs(1_000 + 86400 + 1), "rounded up");
+        let t = UNIX_EPOCH + Duration::from_secs(5);
+        assert_eq!(lock.retain_until(t), UNIX_EPOCH + Duration::from_secs(86405));
+        assert_eq!(format!("{lock:?}"), "ObjectLock { mode: Governance, period: 86400s, .. }");
     }
 }

@@ -58,6 +58,17 @@ impl TestRepo {
     /// A fresh bucket on `server`, with the repository under a prefix.
     pub async fn s3(server: &'static S3Server) -> TestRepo {
         let bucket = server.new_bucket().await;
+        TestRepo::s3_in(server, bucket).await
+    }
+
+    /// A fresh bucket with S3 Object Lock enabled (and so versioned) on `server`, with the
+    /// repository under a prefix.
+    pub async fn s3_object_lock(server: &'static S3Server) -> TestRepo {
+        let bucket = server.new_locked_bucket().await;
+        TestRepo::s3_in(server, bucket).await
+    }
+
+    async fn s3_in(server: &'static S3Server, bucket: String) -> TestRepo {
         let url = format!("s3://{bucket}/pitr-test");
         let mut env = server.env();
         env.push(("PITR_REPO".into(), url.clone()));

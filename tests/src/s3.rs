@@ -101,9 +101,19 @@ pub struct ObjectSettings {
     pub storage_class: Option<String>,
 }
 
+/// What a server says of one object's Object Lock (HEAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectLockState {
+    /// `x-amz-object-lock-mode` (`GOVERNANCE`, `COMPLIANCE`).
+    pub mode: Option<String>,
+    /// `x-amz-object-lock-retain-until-date`.
+    pub until: Option<SystemTime>,
+}
+
 impl S3Server {
-    /// HEAD of `key` in `bucket`, through the AWS SDK (signed, as a real client would).
-    pub async fn object_settings(&self, bucket: &str, key: &str) -> ObjectSettings {
+    /// A client of this server through the AWS SDK (signed, as a real client would), with
+    /// the SDK's own defaults: for what a test checks or arranges behind pitr's back.
+    pub fn sdk_client(&self) -> aws_sdk_s3::Client {
         use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -112,7 +122,62 @@ impl S3Server {
             .credentials_provider(Credentials::new(&self.access_key, &self.secret_key, None, None, "test"))
             .force_path_style(true)
             .build();
-        let head = aws_sdk_s3::Client::from_conf(conf)
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Creates a bucket with Object Lock enabled (S3 makes it versioned), with a name unique
+    /// to this call, and returns the name.
+    pub async fn new_locked_bucket(&self) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("pitr-lock-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        self.sdk_client()
+            .create_bucket()
+            .bucket(&name)
+            .object_lock_enabled_for_bucket(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {name} with Object Lock: {e:?}"));
+        name
+    }
+
+    /// The Object Lock mode and retain-until date of `key` in `bucket` (HEAD).
+    pub async fn object_lock(&self, bucket: &str, key: &str) -> ObjectLockState {
+        let head = self
+            .sdk_client()
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {bucket}/{key}: {e:?}"));
+        ObjectLockState {
+            mode: head.object_lock_mode().map(|m| m.as_str().to_string()),
+            until: head.object_lock_retain_until_date().map(|d| UNIX_EPOCH + Duration::from_secs(d.secs() as u64)),
+        }
+    }
+
+    /// The keys under `prefix` in `bucket` whose newest version is a delete marker.
+    pub async fn delete_markers(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .sdk_client()
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list versions of {bucket}/{prefix}: {e:?}"));
+        out.delete_markers()
+            .iter()
+            .filter(|m| m.is_latest() == Some(true))
+            .filter_map(|m| m.key().map(String::from))
+            .collect()
+    }
+
+    /// HEAD of `key` in `bucket`, through the AWS SDK (signed, as a real client would).
+    pub async fn object_settings(&self, bucket: &str, key: &str) -> ObjectSettings {
+        let head = self
+            .sdk_client()
             .head_object()
             .bucket(bucket)
             .key(key)
