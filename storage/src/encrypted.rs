@@ -472,8 +472,12 @@ impl Storage for EncryptedStorage {
         self.inner.retention(key).await
     }
 
+    /// None: a caller stages plaintext in its scratch directory, which for a local backend
+    /// is inside the repository, where a crash would leave it for any reader of the
+    /// repository to find. Staged elsewhere (the system's temporary directory), the file is
+    /// read and encrypted here anyway.
     fn scratch_dir(&self) -> Option<PathBuf> {
-        self.inner.scratch_dir()
+        None
     }
 }
 
@@ -567,6 +571,14 @@ mod tests {
         s.put(&exact, Body::Bytes(d2.clone().into()), PutMode::CreateNew).await.unwrap();
         assert_eq!(&s.read_range(&exact, 4000..4096 + 65536).await.unwrap()[..], &d2[4000..]);
         assert_eq!(&s.read_range(&exact, 0..4096).await.unwrap()[..], &d2[..4096]);
+    }
+
+    #[test]
+    fn plaintext_is_never_staged_inside_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn Storage> = Arc::new(crate::local::LocalStorage::open(dir.path()).unwrap());
+        assert!(local.scratch_dir().is_some());
+        assert_eq!(EncryptedStorage::new(local, keys()).scratch_dir(), None);
     }
 
     #[tokio::test]

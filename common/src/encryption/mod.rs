@@ -245,3 +245,54 @@ pub async fn retire(storage: &dyn Storage, policy: RetryPolicy, kek: &Kek, name:
     write_record(storage, policy, &record, PutMode::Overwrite).await?;
     Ok(Rewrapped { record, changed })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::memory::MemoryStorage;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::with_retries(0)
+    }
+
+    async fn file_kek(dir: &std::path::Path, name: &str) -> Kek {
+        let path = dir.join(name);
+        kek::new_key_file(&path).unwrap();
+        Kek::open(&KekSetting::File(path)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn racing_writers_agree_on_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = file_kek(dir.path(), "k").await;
+        let s = MemoryStorage::new();
+        let first = initialize(&s, &k, policy(), "r").await.unwrap();
+        // The second writer saw an empty repository too, made its own data key, and lost the
+        // create-if-absent: it takes the first one's record.
+        let second = initialize(&s, &k, policy(), "r").await.unwrap();
+        assert_eq!(first, second);
+        assert_eq!(read_record(&s, policy()).await.unwrap(), Some(first));
+    }
+
+    #[tokio::test]
+    async fn rotation_needs_another_key_and_retire_needs_every_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (file_kek(dir.path(), "a").await, file_kek(dir.path(), "b").await);
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        open(s.clone(), Some(&a), Access::Write, policy(), "r").await.unwrap();
+        assert_eq!(rotate(s.as_ref(), policy(), &a, &a, "r").await.unwrap_err().kind, FailureKind::Key);
+        // b opens nothing yet, so it can neither retire nor write.
+        assert_eq!(retire(s.as_ref(), policy(), &b, "r").await.unwrap_err().kind, FailureKind::Key);
+        assert_eq!(open(s.clone(), Some(&b), Access::Write, policy(), "r").await.unwrap_err().kind, FailureKind::Key);
+        let done = rotate(s.as_ref(), policy(), &a, &b, "r").await.unwrap();
+        assert_eq!((done.record.keys.len(), done.changed), (2, 2));
+        // Between rotate and retire, both keys write (with the new current data key).
+        for k in [&a, &b] {
+            open(s.clone(), Some(k), Access::Write, policy(), "r").await.unwrap();
+        }
+        let done = retire(s.as_ref(), policy(), &b, "r").await.unwrap();
+        assert!(done.record.keys.iter().all(|k| k.wrapped.len() == 1));
+        assert_eq!(open(s.clone(), Some(&a), Access::Read, policy(), "r").await.unwrap_err().kind, FailureKind::Key);
+        open(s.clone(), Some(&b), Access::Read, policy(), "r").await.unwrap();
+    }
+}
