@@ -39,6 +39,21 @@ pub enum Stored {
 /// Removes a temporary file when dropped.
 struct TempFile(PathBuf);
 
+/// A compressed object ready to store: a file in the repository's scratch directory, or bytes.
+enum Staged {
+    File(TempFile),
+    Bytes(bytes::Bytes),
+}
+
+impl Staged {
+    fn body(&self) -> Body {
+        match self {
+            Staged::File(f) => Body::File(f.0.clone()),
+            Staged::Bytes(b) => Body::Bytes(b.clone()),
+        }
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -108,40 +123,60 @@ pub async fn store(repo: &Repository, compress: CompressOptions, path: &Path) ->
         WalFileKind::History | WalFileKind::Backup => None,
     };
 
-    // The compressed object is staged in the repository's own scratch directory (local) or
-    // the system's temporary directory (S3): a write failure there (a full disk) is the
-    // repository's failure (exit 5) in the first case, a local one (8) in the second.
-    let (scratch, scratch_kind) = match repo.storage().scratch_dir() {
-        Some(d) => (d, FailureKind::Storage),
-        None => (std::env::temp_dir(), FailureKind::LocalIo),
-    };
-    let scratch_error = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        Failure::msg(scratch_kind, format!("cannot {what} {}: {e}; nothing was archived", p.display())).transient()
-    };
-    let tmp = TempFile(temp_path(&scratch, file_name));
-    let mut out = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp.0)
-        .map_err(|e| scratch_error("create", &tmp.0, &e))?;
-    let header =
-        codec::compress_with_summary(&data, &mut io::empty(), &mut out, file_name, Some(size), summary, compress)
+    // The compressed object is staged in the repository's own scratch directory when it has
+    // one (local: stored by a link, without a copy; a write failure there, a full disk, is the
+    // repository's failure, exit 5), else built in memory (S3, and encrypted repositories,
+    // which encrypt it in memory anyway).
+    let key = repo.wal_key(&name);
+    let (header, staged) = match repo.storage().scratch_dir() {
+        Some(scratch) => {
+            let scratch_error = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+                Failure::msg(FailureKind::Storage, format!("cannot {what} {}: {e}; nothing was archived", p.display()))
+                    .transient()
+            };
+            let tmp = TempFile(temp_path(&scratch, file_name));
+            let mut out = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp.0)
+                .map_err(|e| scratch_error("create", &tmp.0, &e))?;
+            let header = codec::compress_with_summary(
+                &data,
+                &mut io::empty(),
+                &mut out,
+                file_name,
+                Some(size),
+                summary,
+                compress,
+            )
             .map_err(|e| match e {
                 codec::CodecError::Io(e) => scratch_error("write", &tmp.0, &e),
                 e => e.into(),
             })?;
+            (header, Staged::File(tmp))
+        }
+        None => {
+            let mut out = io::Cursor::new(Vec::with_capacity(data.len() / 2));
+            let header = codec::compress_with_summary(
+                &data,
+                &mut io::empty(),
+                &mut out,
+                file_name,
+                Some(size),
+                summary,
+                compress,
+            )?;
+            (header, Staged::Bytes(out.into_inner().into()))
+        }
+    };
+    drop(data);
     if header.raw_size != size {
         return Err(changed(path, size, header.raw_size));
     }
-    drop(out);
-    drop(data);
-
-    let key = repo.wal_key(&name);
-    let put = retry(repo.retry_policy(), "store WAL file", || {
-        repo.storage().put(&key, Body::File(tmp.0.clone()), PutMode::CreateNew)
-    })
-    .await;
+    let put =
+        retry(repo.retry_policy(), "store WAL file", || repo.storage().put(&key, staged.body(), PutMode::CreateNew))
+            .await;
     match put {
         Ok(()) => Ok(Stored::Stored),
         // Someone stored it between our check and our write: judge their copy.
@@ -255,10 +290,23 @@ mod tests {
     #[tokio::test]
     async fn store_is_idempotent_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
-        let r = repo(&dir.path().join("repo"));
+        idempotent_and_never_overwrites(repo(&dir.path().join("repo")), dir.path()).await;
+    }
+
+    /// The same through a backend without a scratch directory (S3, an encrypted repository):
+    /// the object is built in memory.
+    #[tokio::test]
+    async fn store_without_a_scratch_directory_builds_the_object_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(common::storage::memory::MemoryStorage::new());
+        idempotent_and_never_overwrites(Repository::new(memory, "main", RetryPolicy::with_retries(0)), dir.path())
+            .await;
+    }
+
+    async fn idempotent_and_never_overwrites(r: Repository, dir: &Path) {
         let seg = pgbench_like_segment(3, 100);
         let name = WalFileName::segment(common::wal::TimelineId(1), 3, common::wal::WalSegmentSize::DEFAULT);
-        let file = dir.path().join(name.to_string());
+        let file = dir.join(name.to_string());
         std::fs::write(&file, &seg).unwrap();
         let opts = CompressOptions::default();
         assert_eq!(store(&r, opts, &file).await.unwrap(), Stored::Stored);
@@ -267,12 +315,11 @@ mod tests {
         other[9 << 20] ^= 1;
         std::fs::write(&file, &other).unwrap();
         assert_eq!(store(&r, opts, &file).await.unwrap_err().kind, FailureKind::Conflict);
-        let dest = dir.path().join("RECOVERYXLOG");
+        let dest = dir.join("RECOVERYXLOG");
         crate::fetch::fetch(&r, &name, &dest).await.unwrap();
         assert!(std::fs::read(&dest).unwrap() == seg, "the first content, intact");
 
-        let zeros =
-            dir.path().join(WalFileName::segment(name.timeline, 4, common::wal::WalSegmentSize::DEFAULT).to_string());
+        let zeros = dir.join(WalFileName::segment(name.timeline, 4, common::wal::WalSegmentSize::DEFAULT).to_string());
         std::fs::write(&zeros, vec![0u8; seg.len()]).unwrap();
         assert_eq!(store(&r, opts, &zeros).await.unwrap_err().kind, FailureKind::Invalid);
         assert!(r

@@ -143,14 +143,7 @@ impl S3Server {
 
     /// The Object Lock mode and retain-until date of `key` in `bucket` (HEAD).
     pub async fn object_lock(&self, bucket: &str, key: &str) -> ObjectLockState {
-        let head = self
-            .sdk_client()
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("HEAD {bucket}/{key}: {e:?}"));
+        let head = self.head(bucket, key).await;
         ObjectLockState {
             mode: head.object_lock_mode().map(|m| m.as_str().to_string()),
             until: head.object_lock_retain_until_date().map(|d| UNIX_EPOCH + Duration::from_secs(d.secs() as u64)),
@@ -175,15 +168,19 @@ impl S3Server {
     }
 
     /// HEAD of `key` in `bucket`, through the AWS SDK (signed, as a real client would).
-    pub async fn object_settings(&self, bucket: &str, key: &str) -> ObjectSettings {
-        let head = self
-            .sdk_client()
+    async fn head(&self, bucket: &str, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        self.sdk_client()
             .head_object()
             .bucket(bucket)
             .key(key)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("HEAD {bucket}/{key}: {e:?}"));
+            .unwrap_or_else(|e| panic!("HEAD {bucket}/{key}: {e:?}"))
+    }
+
+    /// The server-side settings of `key` in `bucket` (HEAD).
+    pub async fn object_settings(&self, bucket: &str, key: &str) -> ObjectSettings {
+        let head = self.head(bucket, key).await;
         ObjectSettings {
             sse: head.server_side_encryption().map(|s| s.as_str().to_string()),
             kms_key: head.ssekms_key_id().map(String::from),
