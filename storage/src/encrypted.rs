@@ -65,10 +65,13 @@ pub fn random_key() -> KeyBytes {
     k
 }
 
-/// Fills `buf` from the system's secure random source.
+/// Fills `buf` from the operating system's secure random source (getrandom(2)). Not
+/// aws-lc-rs's generator: it seeds a jitter entropy collector first, which costs about 50 ms of
+/// CPU in every process, and `push` is one process per WAL segment (measured: 137 vs 76 ms per
+/// push).
 pub fn fill_random(buf: &mut [u8]) {
-    // The system RNG failing is not something to carry on from.
-    aws_lc_rs::rand::fill(buf).expect("the system's random source failed");
+    // The system's random source failing is not something to carry on from.
+    getrandom::fill(buf).expect("the system's random source failed");
 }
 
 /// A new random key id ([`KEY_ID_LEN`] hex characters).
