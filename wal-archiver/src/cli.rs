@@ -161,6 +161,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bring the second repository (repo2-config) up to date from the main one, or with
+    /// `--from repo2` the main one from the second: every object of the cluster the target
+    /// lacks (cluster record, history files, WAL, then each backup's chunks and manifest before
+    /// its catalog entry) is read, verified (size and BLAKE3 digest, or JSON) and written
+    /// create-if-absent through the target's own settings (encryption, Object Lock, storage
+    /// classes). An object both hold is compared, never overwritten. Exits 4 on a conflict, 6
+    /// when a damaged source object was not copied (the rest is copied). See
+    /// docs/security.md#second-repository.
+    Copy {
+        /// Which repository to copy from: main or repo2 (the other one is the target).
+        #[arg(long, value_name = "main|repo2", default_value = "main", value_parser = ["main", "repo2"])]
+        from: String,
+        /// Only say what would be copied.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON document instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Client-side encryption keys: make a key file, show the repository's keys, rotate the
     /// key-encryption key. See docs/security.md.
     Keys {
@@ -228,6 +247,7 @@ impl Command {
             Command::PrefetchWorker { .. } => "prefetch-worker",
             Command::PushAheadWorker { .. } => "push-ahead-worker",
             Command::Keys { .. } => "keys",
+            Command::Copy { .. } => "copy",
         }
     }
 }
