@@ -375,8 +375,7 @@ fn a_restore_to_a_time_from_the_copy_while_the_main_repository_is_down() {
     let repo = &main.repo;
     let copy_ref = &copy;
     let main_ref = &main;
-    let file_ref = &file;
-    let report = pitr_tests::matrix::backup_and_restore_from(15, repo, || {
+    let (report, conf) = pitr_tests::matrix::backup_and_restore_from(15, repo, || {
         // The backup (written to the main repository) comes over with `copy`, as a timer
         // would run it; then the main repository goes down.
         let mut c = repo.as_server_user(pitr_tests::bins::wal_archiver());
@@ -389,8 +388,14 @@ fn a_restore_to_a_time_from_the_copy_while_the_main_repository_is_down() {
             .iter()
             .any(|o| o.key.as_str().ends_with(".json")));
         main_ref.down();
-        let _ = file_ref;
     });
     assert!(report.stderr.contains("restoring from the second repository"), "{report:#?}");
-    assert!(report.stdout.contains(&copy.repo.url) || report.stderr.contains(&copy.repo.url), "{report:#?}");
+    // The server's restore_command reads from the copy, with its file, its key and its profile.
+    let command = conf.lines().find(|l| l.starts_with("restore_command")).unwrap_or_default();
+    for word in
+        [format!("--config {}", file.display()), format!("--repo {}", copy.repo.url), "--s3-profile copy".into()]
+    {
+        assert!(command.contains(&word), "{word} in {command}");
+    }
+    assert!(command.contains("--encryption-key-file"), "{command}");
 }

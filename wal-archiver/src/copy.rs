@@ -12,12 +12,14 @@
 //! digest) or, for JSON, its content: a difference is a conflict, reported, never overwritten.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use common::catalog;
 use common::config::Config;
 use common::exit::{Failure, FailureKind};
 use common::repository::Repository;
 use common::retry::retry;
+use common::storage::memory::MemoryStorage;
 use common::storage::ObjectKey;
 use serde::Serialize;
 
@@ -70,7 +72,16 @@ pub async fn copy(config: &Config, direction: Direction, dry_run: bool, json: bo
         Direction::FromRepo2 => (&second, config),
     };
     let src = src_cfg.open_repository(false).await.map_err(|f| f.context(format!("source {}", src_cfg.repo)))?;
-    let dst = dst_cfg.open_repository(!dry_run).await.map_err(|f| f.context(format!("target {}", dst_cfg.repo)))?;
+    let dst = match dst_cfg.open_repository(!dry_run).await {
+        Ok(r) => r,
+        // A dry run writes nothing, not even the encryption record of a new target or its
+        // directory: a target that a reader cannot open yet is one that holds nothing.
+        Err(f) if dry_run && matches!(f.kind, FailureKind::Key | FailureKind::Config) => {
+            tracing::info!(target = %dst_cfg.repo, "the target cannot be opened for reading ({f}); taken as empty");
+            Repository::new(Arc::new(MemoryStorage::new()), &dst_cfg.cluster, dst_cfg.retry)
+        }
+        Err(f) => return Err(f.context(format!("target {}", dst_cfg.repo))),
+    };
     let mut report = CopyReport {
         source: src_cfg.repo.to_string(),
         target: dst_cfg.repo.to_string(),
