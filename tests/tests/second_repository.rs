@@ -4,8 +4,9 @@
 //! it down. `push` stores in both, or records a pending marker and exits 0 when the copy is
 //! down, and a later push clears it; `copy` fills an encrypted copy incrementally and refuses a
 //! damaged source object; `get` falls back to the copy and never says "absent" (1) when the
-//! main repository could not answer; and a real PostgreSQL 15 restores to a time from the copy
-//! while the main repository is down.
+//! main repository could not answer; a real PostgreSQL 15 restores to a time from the copy
+//! while the main repository is down; and the streaming receiver copies to the second
+//! repository without waiting for it.
 
 use std::path::{Path, PathBuf};
 
@@ -398,4 +399,67 @@ fn a_restore_to_a_time_from_the_copy_while_the_main_repository_is_down() {
         assert!(command.contains(&word), "{word} in {command}");
     }
     assert!(command.contains("--encryption-key-file"), "{command}");
+}
+
+/// The streaming receiver with a second repository: completed segments go to the main
+/// repository at once and onto the spool's pending list, and a copier of their own brings
+/// them to the copy; with the copy down the server's flush position keeps advancing and the
+/// markers wait, and once it is back they are copied and cleared.
+#[test]
+fn the_receiver_copies_to_the_second_repository_without_waiting_for_it() {
+    use std::time::{Duration, Instant};
+    let rt = rt();
+    let mut main = TestRepo::local();
+    let copy = rt.block_on(Behind::new(s3s_fs()));
+    let work = scratch_dir("repo2-receive");
+    let (file, creds) = repo2_file(work.path(), &copy.repo, &copy.proxy.endpoint, "");
+    main.env.push(("PITR_REPO2_CONFIG".into(), file.display().to_string()));
+    main.env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), creds.display().to_string()));
+    main.env.push(("AWS_CONFIG_FILE".into(), "/dev/null".into()));
+    let mut primary = pitr_tests::pg::TestCluster::init("repo2-receive", &[]);
+    primary.start();
+    let spool = work.path().join("spool");
+    let mut rx = pitr_tests::receiver::ReceiverProc::start(&main, &primary, &spool, &[]);
+    pitr_tests::receiver::wait_streaming(&primary, &rx, false);
+    let pending = spool.join(".pitr-repo2-pending");
+
+    copy.down();
+    primary.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
+    let first = primary.switch_wal();
+    primary.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let second = primary.switch_wal();
+    let flushed = primary.sql("SELECT pg_current_wal_flush_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for name in [&first, &second] {
+        while !main.dir.as_ref().unwrap().join(wal_key(name)).exists() {
+            assert!(Instant::now() < deadline, "{name} not stored in the main repository:\n{}", rx.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let sql = format!(
+        "SELECT coalesce(bool_and(flush_lsn >= '{flushed}'::pg_lsn), false) FROM pg_stat_replication WHERE \
+         application_name = 'pitr'"
+    );
+    while primary.sql(&sql) != "t" {
+        assert!(Instant::now() < deadline, "flush position stuck while the copy is down:\n{}", rx.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pending.join(&first).exists() && pending.join(&second).exists(), "{}", rx.log());
+    assert!(!copy.has(&wal_key(&first)));
+
+    // Back up: the next stored segment wakes the copier, which copies everything pending.
+    copy.up();
+    primary.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let third = primary.switch_wal();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for name in [&first, &second, &third] {
+        while !copy.has(&wal_key(name)) || pending.join(name).exists() {
+            assert!(Instant::now() < deadline, "{name} not copied to the second repository:\n{}", rx.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(copy.has("main/cluster.json"));
+    rx.signal(15);
+    assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
+    primary.stop();
 }

@@ -30,7 +30,12 @@ use crate::copy_object::{copy_object, Copied};
 
 /// The directory of pending markers beside the WAL file `path`.
 pub fn pending_dir(path: &Path) -> PathBuf {
-    path.parent().unwrap_or(Path::new(".")).join(".pitr-repo2-pending")
+    pending_dir_in(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The directory of pending markers in `dir` (pg_wal, the receiver's spool).
+pub fn pending_dir_in(dir: &Path) -> PathBuf {
+    dir.join(".pitr-repo2-pending")
 }
 
 /// At most this many pending names are retried by one push.
@@ -186,5 +191,23 @@ async fn copy_from_main(main: &Repository, repo2: &Repository, name: &str) -> Re
             Ok(())
         }
         Err(f) => Err(f),
+    }
+}
+
+/// Works through the whole pending list of `dir` (files already in the main repository,
+/// copied from there), [`MAX_PER_PUSH`] at a time, until it is empty or the second repository
+/// fails; the number of names left. What the receiver's copier runs.
+pub async fn drain(config: &Config, second: &Config, dir: &Path) -> Result<usize, Failure> {
+    let repo2 = second.open_repository(true).await?;
+    loop {
+        let before = pending_names(dir).len();
+        if before == 0 {
+            return Ok(0);
+        }
+        retry_pending(config, &repo2, dir, "").await?;
+        let after = pending_names(dir).len();
+        if after >= before {
+            return Ok(after);
+        }
     }
 }
