@@ -346,6 +346,15 @@ fn get_falls_back_to_the_copy_and_never_says_absent_when_the_main_one_is_down() 
     main.up();
     let (r, _) = get(&n9);
     assert_eq!(r.code, 205, "{r:#?}");
+
+    // A second repository's file that cannot be used fails only the gets that need it.
+    std::fs::write(&file, "repo = \"/copy\"\nrepository = \"typo\"\n").unwrap();
+    let (r, out) = get(&n2);
+    r.ok();
+    assert!(std::fs::read(&out).unwrap() == d2);
+    let (r, _) = get(&n9);
+    assert_eq!(r.code, 207, "{r:#?}");
+    assert!(r.stderr.contains("the second repository"), "{r:#?}");
 }
 
 /// A real PostgreSQL 15 archiving into the main repository (S3 on moto, through a proxy) with

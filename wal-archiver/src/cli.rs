@@ -54,7 +54,10 @@ pub enum Command {
     /// repository's cluster, segment size, first page address), stores it compressed with
     /// its size and BLAKE3 digest, and exits 0 only once it is durable. Pushing a file that
     /// is already archived with identical content succeeds; different content fails and
-    /// overwrites nothing.
+    /// overwrites nothing. With a second repository (repo2-config) it then stores the file
+    /// there too, and exits 0 when the main repository has it and the second one has it or it
+    /// was recorded as pending (pg_wal/.pitr-repo2-pending; later pushes store it): a second
+    /// repository that is down never stalls archiving.
     Push {
         /// Path of the WAL file (%p; relative paths are relative to the current directory,
         /// which is the data directory when PostgreSQL runs the command).
@@ -64,7 +67,9 @@ pub enum Command {
     ///
     /// Writes the original bytes to PATH (through a temporary file and a rename), after
     /// verifying size and digest. Exit 1 only when the file is certainly not in the
-    /// repository; any other failure is retried, then exits 200 + code.
+    /// repository; any other failure is retried, then exits 200 + code. With a second
+    /// repository, a file the main one lacks or cannot give comes from the second; exit 1
+    /// then needs both to answer that they do not have it.
     Get {
         /// WAL file name (%f), e.g. 000000010000000000000003 or 00000002.history.
         name: String,

@@ -47,14 +47,18 @@ use crate::prefetch;
 /// (see the module documentation).
 pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure> {
     let wal = WalFileName::parse(name).map_err(|e| Failure::msg(FailureKind::Invalid, e))?;
-    let second = config.repo2()?;
     let main = get_main(config, &wal, name, dest).await;
-    let Some(second) = second else { return main };
+    if config.repo2_config.is_none() {
+        return main;
+    }
     let main_failure = match main {
         Ok(()) => return Ok(()),
         Err(f) if matches!(f.kind, FailureKind::NotFound | FailureKind::Storage | FailureKind::Corrupt) => f,
         Err(f) => return Err(f),
     };
+    // Read only now: a second repository's file that cannot be used fails only the gets that
+    // need it.
+    let Some(second) = config.repo2()? else { return Err(main_failure) };
     if main_failure.kind != FailureKind::NotFound {
         tracing::warn!(
             file = name,
