@@ -498,6 +498,7 @@ fn resolve_encryption(
     [kms_file, endpoint_file, region_file]: [Option<String>; 3],
     key_file: Option<PathBuf>,
     s3_region: Option<&str>,
+    s3_profile: Option<&str>,
 ) -> Result<Option<KekSetting>, Failure> {
     let file = p.pick("encryption-key-file", args.encryption_key_file.clone(), key_file);
     let kms = p.pick("encryption-kms-key-id", args.encryption_kms_key_id.clone(), kms_file);
@@ -531,9 +532,12 @@ fn resolve_encryption(
                 .map_err(|e| p.bad("encryption-key-file", format!("encryption-key-file {}: {e}", path.display())))?;
             Ok(Some(KekSetting::File(path)))
         }
-        (None, Some(key_id)) => {
-            Ok(Some(KekSetting::Kms { key_id, endpoint, region: region.or_else(|| s3_region.map(str::to_string)) }))
-        }
+        (None, Some(key_id)) => Ok(Some(KekSetting::Kms {
+            key_id,
+            endpoint,
+            region: region.or_else(|| s3_region.map(str::to_string)),
+            profile: s3_profile.map(str::to_string),
+        })),
         (None, None) if endpoint.is_some() || region.is_some() => {
             Err(p.bad("encryption-kms-endpoint", "encryption-kms-endpoint/-region need encryption-kms-key-id"))
         }
@@ -691,7 +695,7 @@ impl Config {
         match &self.encryption {
             None => {}
             Some(KekSetting::File(path)) => env.push(("PITR_ENCRYPTION_KEY_FILE".into(), path.display().to_string())),
-            Some(KekSetting::Kms { key_id, endpoint, region }) => {
+            Some(KekSetting::Kms { key_id, endpoint, region, .. }) => {
                 env.push(("PITR_ENCRYPTION_KMS_KEY_ID".into(), key_id.clone()));
                 if let Some(e) = endpoint {
                     env.push(("PITR_ENCRYPTION_KMS_ENDPOINT".into(), e.clone()));
@@ -841,6 +845,7 @@ impl Config {
             [file.encryption_kms_key_id, file.encryption_kms_endpoint, file.encryption_kms_region],
             file.encryption_key_file,
             s3.region.as_deref(),
+            s3.profile.as_deref(),
         )?;
         let repo2_config = match p.pick("repo2-config", args.repo2_config.clone(), file.repo2_config) {
             Some(f) if f.as_os_str().is_empty() || f.to_string_lossy().chars().any(char::is_control) => {
@@ -1298,7 +1303,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.encryption,
-            Some(KekSetting::Kms { key_id: "alias/k".into(), endpoint: None, region: Some("eu-west-1".into()) })
+            Some(KekSetting::Kms {
+                key_id: "alias/k".into(),
+                endpoint: None,
+                region: Some("eu-west-1".into()),
+                profile: None
+            })
         );
         assert_eq!(
             c.encryption_env(),
@@ -1320,6 +1330,14 @@ mod tests {
             assert!(e.to_string().contains(says), "{e}");
         }
         assert_eq!(Config::resolve(&base()).unwrap().encryption, None);
+        // The repository's AWS profile is the KMS client's too.
+        let c = Config::resolve(&RepoArgs {
+            encryption_kms_key_id: Some("alias/k".into()),
+            s3_profile: Some("copy".into()),
+            ..base()
+        })
+        .unwrap();
+        assert!(matches!(c.encryption, Some(KekSetting::Kms { profile: Some(ref p), .. }) if p == "copy"));
     }
 
     /// Object Lock: a mode with a period of its own or keep-within's, refused with its source
