@@ -211,3 +211,28 @@ pub async fn drain(config: &Config, second: &Config, dir: &Path) -> Result<usize
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Markers are idempotent, listed history files first, and one set aside leaves the list.
+    #[test]
+    fn markers_record_list_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("000000010000000000000003");
+        let pending = pending_dir(&seg);
+        assert_eq!(pending, dir.path().join(".pitr-repo2-pending"));
+        assert!(pending_names(&pending).is_empty(), "no directory: nothing pending");
+        for name in ["000000010000000000000003", "00000002.history", "000000010000000000000003"] {
+            record(&pending, name).unwrap();
+        }
+        std::fs::write(pending.join("not-a-wal-file"), b"").unwrap();
+        assert_eq!(pending_names(&pending), ["00000002.history", "000000010000000000000003"]);
+        set_aside(&pending, "000000010000000000000003", &Failure::msg(FailureKind::Conflict, "differs"));
+        assert_eq!(pending_names(&pending), ["00000002.history"]);
+        assert!(pending.join("000000010000000000000003.failed").exists());
+        clear(&pending, "00000002.history");
+        assert!(pending_names(&pending).is_empty());
+    }
+}
