@@ -472,3 +472,41 @@ fn the_receiver_copies_to_the_second_repository_without_waiting_for_it() {
     assert_eq!(rx.wait(Duration::from_secs(30)), Some(0), "{}", rx.log());
     primary.stop();
 }
+
+/// A backlog pushed with the look-ahead worker (which gets `PITR_REPO2_CONFIG` from its
+/// parent) lands in both repositories, with nothing left pending, whichever of the worker and
+/// the archiver's own call stored each file.
+#[test]
+fn the_look_ahead_worker_stores_in_both() {
+    let main = TestRepo::local();
+    let copy = TestRepo::local();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("repo2.toml");
+    std::fs::write(&file, format!("repo = {:?}\n", copy.url)).unwrap();
+    let pg_wal = dir.path().join("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let files: Vec<_> = (1..=8).map(|n| segment(SYSTEM_ID, 1, n)).collect();
+    for (name, data) in &files {
+        std::fs::write(pg_wal.join(name), data).unwrap();
+        std::fs::write(pg_wal.join("archive_status").join(format!("{name}.ready")), b"").unwrap();
+    }
+    let mut ahead = 0;
+    for (name, _) in &files {
+        let mut c = main.wal_archiver();
+        c.env("PITR_REPO2_CONFIG", &file).current_dir(dir.path()).args(["-v", "push"]).arg(format!("pg_wal/{name}"));
+        let r = run(c);
+        r.ok();
+        ahead += r.stderr.contains("already archived with identical content") as usize;
+        let st = pg_wal.join("archive_status");
+        std::fs::rename(st.join(format!("{name}.ready")), st.join(format!("{name}.done"))).unwrap();
+    }
+    assert!(ahead >= 1, "some segments were stored by the look-ahead worker");
+    for (name, _) in &files {
+        for r in [&main, &copy] {
+            assert!(r.dir.as_ref().unwrap().join(wal_key(name)).exists(), "{name} in {}", r.url);
+        }
+    }
+    let pending = pg_wal.join(".pitr-repo2-pending");
+    let left: Vec<_> = std::fs::read_dir(&pending).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
