@@ -91,9 +91,11 @@ async fn open(config: &Config) -> Result<(Repository, Vec<BackupEntry>, common::
 /// The repository a restore reads: the main one, or, when it cannot be reached (a storage
 /// failure opening or listing it after retries) and a second repository is configured, the
 /// second one, said in one line on stderr. The configuration that comes back is the one
-/// restore_command is written from: when the second repository stands in, it is the main one
-/// there, with the main repository's file (when `repo` came from a file) as its second, so that
-/// `get` reads from the copy first and falls back to the original.
+/// restore_command is written from: when the second repository stands in, it is the only one
+/// there. The plan was made from the copy, which holds the WAL it needs, so its "absent" is an
+/// answer that ends recovery where it should; with the unreachable original as a fallback,
+/// every such answer (PostgreSQL's probe for the next timeline's history file, the segment
+/// after the last) would become "not certain" (205) and abort recovery instead.
 #[allow(clippy::type_complexity)]
 async fn open_first_reachable(
     config: &Config,
@@ -103,15 +105,11 @@ async fn open_first_reachable(
         Err(f) if f.kind == FailureKind::Storage && config.repo2_config.is_some() => f,
         Err(f) => return Err(f),
     };
-    let Some(mut second) = config.repo2()? else { return Err(failure) };
+    let Some(second) = config.repo2()? else { return Err(failure) };
     eprintln!(
         "pitr-restore: the main repository {} cannot be reached ({failure}); restoring from the second repository {}",
         config.repo, second.repo
     );
-    second.repo2_config = match (&config.file, config.source("repo")) {
-        (Some(f), common::config::Source::File(_)) => Some(f.clone()),
-        _ => None,
-    };
     let (repo, backups, size) =
         open(&second).await.map_err(|f| f.context(format!("the second repository {}", second.repo)))?;
     Ok((second, repo, backups, size))
