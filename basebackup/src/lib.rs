@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
             Command::List { json } => list::list(&config, json).await,
-            Command::Verify { id, all, json } => verify::verify(&config, id, all, json).await,
+            Command::Verify { id, all, json } => verify_each(&config, id, all, json).await,
             Command::Expire { keep_backups, keep_within, dry_run, json } => {
                 // Each value with where it came from: a flag (or its variable) beats the file.
                 let flags = &cli.repo.sources;
@@ -71,4 +71,27 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     })
+}
+
+/// `verify` of the main repository, then of the second one when one is configured, each under
+/// a line that names it; fails with the first problem found, naming its repository, after
+/// checking both.
+async fn verify_each(config: &Config, id: Option<String>, all: bool, json: bool) -> Result<(), Failure> {
+    let Some(second) = config.repo2()? else {
+        return verify::verify(config, id, all, json).await;
+    };
+    let mut first_failure: Option<Failure> = None;
+    for (which, c) in [("main", config), ("repo2", &second)] {
+        if !json {
+            println!("== {which} repository {} ==", c.repo);
+        }
+        if let Err(f) = verify::verify(c, id.clone(), all, json).await {
+            let f = f.context(format!("{which} repository {}", c.repo));
+            match &first_failure {
+                None => first_failure = Some(f),
+                Some(_) => eprintln!("basebackup verify: error: {f}"),
+            }
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
 }

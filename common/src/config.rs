@@ -164,6 +164,10 @@ pub struct RepoArgs {
     /// S3 region [default: from the AWS environment, else us-east-1].
     #[arg(long, env = "PITR_S3_REGION", value_name = "REGION", global = true)]
     pub s3_region: Option<String>,
+    /// AWS profile whose credentials and region the S3 client uses, instead of the standard
+    /// chain [default: the standard chain].
+    #[arg(long, env = "PITR_S3_PROFILE", value_name = "NAME", global = true)]
+    pub s3_profile: Option<String>,
     /// Path-style S3 addressing [default: true when --s3-endpoint is set].
     #[arg(long, env = "PITR_S3_PATH_STYLE", value_name = "BOOL", global = true)]
     pub s3_path_style: Option<bool>,
@@ -210,6 +214,10 @@ pub struct RepoArgs {
     /// PostgreSQL data directory.
     #[arg(long, short = 'D', env = "PITR_PGDATA", value_name = "DIR", global = true)]
     pub pgdata: Option<PathBuf>,
+    /// A second repository: a pitr.toml of its own (repo, s3-*, encryption-*), where WAL is
+    /// stored as well and from which reads fall back. See docs/security.md.
+    #[arg(long, env = "PITR_REPO2_CONFIG", value_name = "FILE", global = true)]
+    pub repo2_config: Option<PathBuf>,
     /// Retries of a failed repository request before giving up [default: 4].
     #[arg(long, env = "PITR_RETRIES", value_name = "N", global = true)]
     pub retries: Option<u32>,
@@ -239,6 +247,10 @@ pub struct FileConfig {
     pub s3_endpoint: Option<String>,
     /// See [`RepoArgs::s3_region`].
     pub s3_region: Option<String>,
+    /// See [`RepoArgs::s3_profile`].
+    pub s3_profile: Option<String>,
+    /// See [`RepoArgs::repo2_config`].
+    pub repo2_config: Option<PathBuf>,
     /// See [`RepoArgs::s3_path_style`].
     pub s3_path_style: Option<bool>,
     /// See [`RepoArgs::s3_timeout`].
@@ -332,6 +344,8 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     /// Region.
     pub region: Option<String>,
+    /// AWS profile for credentials and region.
+    pub profile: Option<String>,
     /// Path-style addressing.
     pub path_style: bool,
     /// Request and body-idle time limit.
@@ -389,6 +403,9 @@ pub struct Config {
     pub s3: S3Settings,
     /// Client-side encryption: the key-encryption key, when configured.
     pub encryption: Option<KekSetting>,
+    /// The second repository's configuration file (absolute), when one is configured (see
+    /// [`Config::repo2`]).
+    pub repo2_config: Option<PathBuf>,
     /// The data directory, when given.
     pub pgdata: Option<PathBuf>,
     /// Retries of repository requests.
@@ -415,6 +432,7 @@ impl fmt::Debug for Config {
             .field("cluster", &self.cluster)
             .field("compress", &self.compress)
             .field("s3", &self.s3)
+            .field("repo2_config", &self.repo2_config)
             .field("pgdata", &self.pgdata)
             .field("retry", &self.retry)
             .field("prefetch", &self.prefetch)
@@ -480,6 +498,7 @@ fn resolve_encryption(
     [kms_file, endpoint_file, region_file]: [Option<String>; 3],
     key_file: Option<PathBuf>,
     s3_region: Option<&str>,
+    s3_profile: Option<&str>,
 ) -> Result<Option<KekSetting>, Failure> {
     let file = p.pick("encryption-key-file", args.encryption_key_file.clone(), key_file);
     let kms = p.pick("encryption-kms-key-id", args.encryption_kms_key_id.clone(), kms_file);
@@ -513,9 +532,12 @@ fn resolve_encryption(
                 .map_err(|e| p.bad("encryption-key-file", format!("encryption-key-file {}: {e}", path.display())))?;
             Ok(Some(KekSetting::File(path)))
         }
-        (None, Some(key_id)) => {
-            Ok(Some(KekSetting::Kms { key_id, endpoint, region: region.or_else(|| s3_region.map(str::to_string)) }))
-        }
+        (None, Some(key_id)) => Ok(Some(KekSetting::Kms {
+            key_id,
+            endpoint,
+            region: region.or_else(|| s3_region.map(str::to_string)),
+            profile: s3_profile.map(str::to_string),
+        })),
         (None, None) if endpoint.is_some() || region.is_some() => {
             Err(p.bad("encryption-kms-endpoint", "encryption-kms-endpoint/-region need encryption-kms-key-id"))
         }
@@ -637,6 +659,12 @@ impl Config {
         if let Some(r) = &self.s3.region {
             env.push(("PITR_S3_REGION".into(), r.clone()));
         }
+        if let Some(p) = &self.s3.profile {
+            env.push(("PITR_S3_PROFILE".into(), p.clone()));
+        }
+        if let Some(f) = &self.repo2_config {
+            env.push(("PITR_REPO2_CONFIG".into(), f.display().to_string()));
+        }
         match &self.s3.sse {
             None => {}
             Some(Sse::S3) => env.push(("PITR_S3_SSE".into(), "AES256".into())),
@@ -667,7 +695,7 @@ impl Config {
         match &self.encryption {
             None => {}
             Some(KekSetting::File(path)) => env.push(("PITR_ENCRYPTION_KEY_FILE".into(), path.display().to_string())),
-            Some(KekSetting::Kms { key_id, endpoint, region }) => {
+            Some(KekSetting::Kms { key_id, endpoint, region, .. }) => {
                 env.push(("PITR_ENCRYPTION_KMS_KEY_ID".into(), key_id.clone()));
                 if let Some(e) = endpoint {
                     env.push(("PITR_ENCRYPTION_KMS_ENDPOINT".into(), e.clone()));
@@ -770,6 +798,7 @@ impl Config {
         let mut s3 = S3Settings {
             endpoint,
             region: p.pick("s3-region", args.s3_region.clone(), file.s3_region),
+            profile: p.pick("s3-profile", args.s3_profile.clone(), file.s3_profile),
             path_style,
             timeout: std::time::Duration::from_secs(u64::from(timeout)),
             sse,
@@ -800,8 +829,13 @@ impl Config {
             Some(Sse::Kms(k)) => k.clone(),
             _ => None,
         };
-        for (key, v) in [("s3-endpoint", &s3.endpoint), ("s3-region", &s3.region), ("s3-sse-kms-key-id", &kms_key)] {
-            if v.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+        for (key, v) in [
+            ("s3-endpoint", &s3.endpoint),
+            ("s3-region", &s3.region),
+            ("s3-profile", &s3.profile),
+            ("s3-sse-kms-key-id", &kms_key),
+        ] {
+            if v.as_deref().is_some_and(|v| v.is_empty() || v.chars().any(char::is_control)) {
                 return Err(p.bad(key, format!("invalid {key}: it contains a control character")));
             }
         }
@@ -811,7 +845,18 @@ impl Config {
             [file.encryption_kms_key_id, file.encryption_kms_endpoint, file.encryption_kms_region],
             file.encryption_key_file,
             s3.region.as_deref(),
+            s3.profile.as_deref(),
         )?;
+        let repo2_config = match p.pick("repo2-config", args.repo2_config.clone(), file.repo2_config) {
+            Some(f) if f.as_os_str().is_empty() || f.to_string_lossy().chars().any(char::is_control) => {
+                return Err(p.bad("repo2-config", "invalid repo2-config: empty, or a control character"))
+            }
+            Some(f) => Some(
+                std::path::absolute(&f)
+                    .map_err(|e| p.bad("repo2-config", format!("repo2-config {}: {e}", f.display())))?,
+            ),
+            None => None,
+        };
         let pgdata = p.pick("pgdata", args.pgdata.clone(), file.pgdata);
         let prefetch = p.pick("prefetch", args.prefetch, file.prefetch).unwrap_or(8).min(256);
         let push_ahead = p.pick("push-ahead", args.push_ahead, file.push_ahead).unwrap_or(2).min(32);
@@ -832,6 +877,7 @@ impl Config {
             compress_threads,
             s3,
             encryption,
+            repo2_config,
             pgdata,
             retry: RetryPolicy::with_retries(retries),
             prefetch,
@@ -917,6 +963,7 @@ impl Config {
                     sse: self.s3.sse.clone(),
                     storage_class,
                     object_lock: self.object_lock(),
+                    profile: self.s3.profile.clone(),
                     ..S3Options::default()
                 };
                 Ok(Arc::new(S3Storage::connect_with(cfg, options).await?))
@@ -946,6 +993,33 @@ impl Config {
             period: l.period,
             rule: Arc::new(locked_object),
         })
+    }
+
+    /// The second repository's configuration, when `repo2-config` is set: resolved from its
+    /// file alone (nothing of this program's flags or `PITR_*` variables applies to it), with
+    /// this configuration's cluster. A `repo2-config` inside that
+    /// file is ignored (there is no chain of copies); a different `cluster` there is refused
+    /// (exit 7): a copy holds the same cluster under the same name.
+    pub fn repo2(&self) -> Result<Option<Config>, Failure> {
+        let Some(file) = &self.repo2_config else { return Ok(None) };
+        let args = RepoArgs { config: Some(file.clone()), ..Default::default() };
+        let mut c = Config::resolve(&args).map_err(|f| {
+            Failure::msg(f.kind, format!("the second repository ({}): {:#}", self.origin("repo2-config"), f.error))
+        })?;
+        if c.source("cluster") != Source::Default && c.cluster != self.cluster {
+            return Err(config_error(format!(
+                "the second repository's file {} names cluster {:?}, but this cluster is {:?}: a copy holds the same \
+                 cluster under the same name; remove cluster from {} or make it {:?}",
+                file.display(),
+                c.cluster,
+                self.cluster,
+                file.display(),
+                self.cluster
+            )));
+        }
+        c.cluster = self.cluster.clone();
+        c.repo2_config = None;
+        Ok(Some(c))
     }
 
     /// Opens this cluster's part of the repository (see [`Config::open_storage`]).
@@ -1229,7 +1303,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.encryption,
-            Some(KekSetting::Kms { key_id: "alias/k".into(), endpoint: None, region: Some("eu-west-1".into()) })
+            Some(KekSetting::Kms {
+                key_id: "alias/k".into(),
+                endpoint: None,
+                region: Some("eu-west-1".into()),
+                profile: None
+            })
         );
         assert_eq!(
             c.encryption_env(),
@@ -1251,6 +1330,14 @@ mod tests {
             assert!(e.to_string().contains(says), "{e}");
         }
         assert_eq!(Config::resolve(&base()).unwrap().encryption, None);
+        // The repository's AWS profile is the KMS client's too.
+        let c = Config::resolve(&RepoArgs {
+            encryption_kms_key_id: Some("alias/k".into()),
+            s3_profile: Some("copy".into()),
+            ..base()
+        })
+        .unwrap();
+        assert!(matches!(c.encryption, Some(KekSetting::Kms { profile: Some(ref p), .. }) if p == "copy"));
     }
 
     /// Object Lock: a mode with a period of its own or keep-within's, refused with its source
@@ -1325,5 +1412,46 @@ mod tests {
         }
         let e = Config::resolve(&RepoArgs { s3_object_lock_mode: Some("governance".into()), ..base() }).unwrap_err();
         assert!(e.to_string().ends_with("(from --s3-object-lock-mode)"), "{e}");
+    }
+
+    /// The second repository: resolved from its own file alone, with this cluster; another
+    /// cluster name there is refused; workers and the profile get their variables.
+    #[test]
+    fn second_repository_from_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f2 = dir.path().join("repo2.toml");
+        std::fs::write(&f2, "repo = \"s3://copy-bkt/p\"\ns3-profile = \"copy\"\nretries = 1\n").unwrap();
+        let args = RepoArgs {
+            repo: Some("/r".into()),
+            cluster: Some("c1".into()),
+            s3_endpoint: Some("http://main:9000".into()),
+            repo2_config: Some(f2.clone()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        let second = c.repo2().unwrap().unwrap();
+        assert_eq!(second.repo, RepoLocation::S3 { bucket: "copy-bkt".into(), prefix: "p".into() });
+        assert_eq!(second.cluster, "c1");
+        assert_eq!(second.s3.endpoint, None, "nothing of the main settings leaks into the copy");
+        assert_eq!(second.s3.profile.as_deref(), Some("copy"));
+        assert_eq!(second.retry.retries, 1);
+        assert_eq!(second.repo2_config, None);
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        assert_eq!(env["PITR_REPO2_CONFIG"], f2.display().to_string());
+        let env: std::collections::HashMap<_, _> = second.to_env().into_iter().collect();
+        assert_eq!(env["PITR_S3_PROFILE"], "copy");
+
+        std::fs::write(&f2, "repo = \"/copy\"\ncluster = \"other\"\n").unwrap();
+        let e = c.repo2().unwrap_err();
+        assert_eq!(e.kind, FailureKind::Config);
+        assert!(e.to_string().contains("names cluster \"other\""), "{e}");
+        std::fs::write(&f2, "repo = \"/copy\"\nrepository = \"typo\"\n").unwrap();
+        let e = c.repo2().unwrap_err();
+        assert!(e.to_string().contains("the second repository"), "{e}");
+        assert!(Config::resolve(&RepoArgs { repo: Some("/r".into()), ..Default::default() })
+            .unwrap()
+            .repo2()
+            .unwrap()
+            .is_none());
     }
 }

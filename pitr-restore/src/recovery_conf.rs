@@ -63,6 +63,10 @@ pub fn restore_command(wal_archiver: &Path, config: &Config, opts: &GetOptions) 
         words.push("--s3-region".into());
         words.push(shell_quote(r));
     }
+    if let Some(p) = &config.s3.profile {
+        words.push("--s3-profile".into());
+        words.push(shell_quote(p));
+    }
     if matches!(config.repo, common::config::RepoLocation::S3 { .. }) {
         words.push("--s3-path-style".into());
         words.push(config.s3.path_style.to_string());
@@ -72,6 +76,11 @@ pub fn restore_command(wal_archiver: &Path, config: &Config, opts: &GetOptions) 
         let flag = name.trim_start_matches("PITR_").to_lowercase().replace('_', "-");
         words.push(format!("--{flag}"));
         words.push(shell_quote(&value));
+    }
+    // The second repository: `get` falls back to it (see wal-archiver's get).
+    if let Some(f) = &config.repo2_config {
+        words.push("--repo2-config".into());
+        words.push(shell_quote(&f.display().to_string()));
     }
     if let Some(n) = opts.retries {
         words.push(format!("--retries={n}"));

@@ -88,9 +88,36 @@ async fn open(config: &Config) -> Result<(Repository, Vec<BackupEntry>, common::
     Ok((repo, backups, info.segment_size))
 }
 
+/// The repository a restore reads: the main one, or, when it cannot be reached (a storage
+/// failure opening or listing it after retries) and a second repository is configured, the
+/// second one, said in one line on stderr. The configuration that comes back is the one
+/// restore_command is written from: when the second repository stands in, it is the only one
+/// there. The plan was made from the copy, which holds the WAL it needs, so its "absent" is an
+/// answer that ends recovery where it should; with the unreachable original as a fallback,
+/// every such answer (PostgreSQL's probe for the next timeline's history file, the segment
+/// after the last) would become "not certain" (205) and abort recovery instead.
+#[allow(clippy::type_complexity)]
+async fn open_first_reachable(
+    config: &Config,
+) -> Result<(Config, Repository, Vec<BackupEntry>, common::wal::WalSegmentSize), Failure> {
+    let failure = match open(config).await {
+        Ok((repo, backups, size)) => return Ok((config.clone(), repo, backups, size)),
+        Err(f) if f.kind == FailureKind::Storage && config.repo2_config.is_some() => f,
+        Err(f) => return Err(f),
+    };
+    let Some(second) = config.repo2()? else { return Err(failure) };
+    eprintln!(
+        "pitr-restore: the main repository {} cannot be reached ({failure}); restoring from the second repository {}",
+        config.repo, second.repo
+    );
+    let (repo, backups, size) =
+        open(&second).await.map_err(|f| f.context(format!("the second repository {}", second.repo)))?;
+    Ok((second, repo, backups, size))
+}
+
 /// Makes the plan (no side effects).
 pub async fn plan(config: &Config, target: &Target, backup: Option<&str>) -> Result<Plan, Failure> {
-    let (repo, backups, size) = open(config).await?;
+    let (_, repo, backups, size) = open_first_reachable(config).await?;
     checked_plan(&repo, backups, target, size, backup).await
 }
 
@@ -298,7 +325,13 @@ fn remap_tablespaces(data: &Path, map: &BTreeMap<u32, PathBuf>, version_num: u32
 pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<(), Failure> {
     let t0 = Instant::now();
     let progress = Progress::start(opts.output.progress);
-    let (repo, backups, size) = open(config).await?;
+    let (effective, repo, backups, size) = open_first_reachable(config).await?;
+    let mut opts = opts.clone();
+    if effective.repo != config.repo {
+        // The second repository stands in: restore_command reads its file.
+        opts.get.config_file = effective.file.clone();
+    }
+    let (config, opts) = (&effective, &opts);
     let mut lease = RestoreLeaseHandle::begin(&repo, LEASE_WHILE_PLANNING).await;
     let mut recovery_may_run = false;
     let result =

@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::region::ProfileFileRegionProvider;
+use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
@@ -173,6 +174,10 @@ pub struct S3Options {
     /// Object Lock of the uploads its rule selects; `None` locks nothing (and
     /// [`Storage::retention`] then answers `None` without a request).
     pub object_lock: Option<ObjectLock>,
+    /// AWS profile (in the shared config and credentials files) whose credentials and region
+    /// this client uses, instead of the standard chain: so that two repositories (a copy in
+    /// another account or region) can each have their own. `None` uses the standard chain.
+    pub profile: Option<String>,
 }
 
 /// Uploads are given `operation_timeout` plus their size at this rate (bytes per second).
@@ -195,6 +200,7 @@ impl Default for S3Options {
             sse: None,
             storage_class: None,
             object_lock: None,
+            profile: None,
         }
     }
 }
@@ -210,6 +216,7 @@ impl std::fmt::Debug for S3Options {
             .field("sse", &self.sse)
             .field("storage_class", &self.storage_class.as_ref().map(|_| "<rule>"))
             .field("object_lock", &self.object_lock)
+            .field("profile", &self.profile)
             .finish()
     }
 }
@@ -249,9 +256,13 @@ impl S3Storage {
             )));
         }
 
-        // Region: configuration, else the AWS environment or profile, else us-east-1. No IMDS
-        // lookup: it would stall every start outside EC2.
-        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+        // Region: configuration, else the named profile's, else the AWS environment or
+        // profile, else us-east-1. No IMDS lookup: it would stall every start outside EC2.
+        let mut chain = RegionProviderChain::first_try(config.region.clone().map(Region::new));
+        if let Some(p) = &options.profile {
+            chain = chain.or_else(ProfileFileRegionProvider::builder().profile_name(p).build());
+        }
+        let region = chain
             .or_else(EnvironmentVariableRegionProvider::new())
             .or_else(ProfileFileRegionProvider::new())
             .region()
@@ -266,6 +277,10 @@ impl S3Storage {
             .timeout_config(TimeoutConfig::builder().connect_timeout(options.connect_timeout).build());
         if let Some((ak, sk)) = &options.credentials {
             loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "pitr-static"));
+        } else if let Some(p) = &options.profile {
+            // The profile's credentials only: AWS_ACCESS_KEY_ID in the environment (another
+            // repository's, perhaps) must not win over the profile this repository names.
+            loader = loader.credentials_provider(ProfileFileCredentialsProvider::builder().profile_name(p).build());
         }
         let sdk = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk)

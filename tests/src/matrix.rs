@@ -206,6 +206,30 @@ pub fn backup_and_point_in_time_in(major: u32, repo: &TestRepo, setup: impl Fn(&
     assert_eq!(s.sql("SELECT count(*) FROM pgbench_accounts"), "200000");
 }
 
+/// A base backup of a `major` primary archiving into `repo`, marks before and after a time,
+/// then `between` (a repository taken down, a copy made), then `pitr-restore --start` to that
+/// time: asserts the restored marks and returns pitr-restore's output and the restored
+/// `postgresql.auto.conf` (with its restore_command).
+pub fn backup_and_restore_from(major: u32, repo: &TestRepo, between: impl FnOnce()) -> (Run, String) {
+    let c = primary(major, "between", repo, repo.archive_command(), &[]);
+    c.pgbench(&["-i", "-s", "1", "-q"]);
+    c.sql("CREATE TABLE marks (name text PRIMARY KEY)");
+    let _id = create_backup(repo, &c, true);
+    c.sql("INSERT INTO marks VALUES ('A')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t1 = c.sql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.sql("INSERT INTO marks VALUES ('B')");
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, Duration::from_secs(120));
+    drop(c);
+    between();
+    let (s, r) = restore(major, repo, "between", &["--target-time", &t1], false);
+    assert_eq!(s.marks(), "A", "PostgreSQL {major}: restore to T1: {r:#?}\nserver log:\n{}", s.log());
+    let conf = fs::read_to_string(s.data.join("postgresql.auto.conf")).unwrap_or_default();
+    (r, conf)
+}
+
 /// `wal-archiver receive` as the synchronous standby of a `major` primary, durable in the
 /// repository: the primary is killed with SIGKILL after 100 acknowledged commits, the
 /// receiver too, and a restore from the repository alone has every one of them.

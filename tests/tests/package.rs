@@ -180,6 +180,11 @@ fn debian_package_installs_works_and_goes() {
         keys.push(key.to_string());
         if key == "repo" {
             full.push_str(&format!("repo = {:?}\n", repo.display().to_string()));
+        } else if key == "repo2-config" {
+            // A second repository's file of its own (a local directory beside the first).
+            let second = dir.path().join("repo2.toml");
+            std::fs::write(&second, format!("repo = {:?}\n", dir.path().join("repo2").display().to_string())).unwrap();
+            full.push_str(&format!("repo2-config = {:?}\n", second.display().to_string()));
         } else if key == "encryption-key-file" {
             with_key_file.push_str(&format!("{key} = {:?}\n", key_file.display().to_string()));
         } else if key.starts_with("encryption-") {

@@ -54,7 +54,10 @@ pub enum Command {
     /// repository's cluster, segment size, first page address), stores it compressed with
     /// its size and BLAKE3 digest, and exits 0 only once it is durable. Pushing a file that
     /// is already archived with identical content succeeds; different content fails and
-    /// overwrites nothing.
+    /// overwrites nothing. With a second repository (repo2-config) it then stores the file
+    /// there too, and exits 0 when the main repository has it and the second one has it or it
+    /// was recorded as pending (pg_wal/.pitr-repo2-pending; later pushes store it): a second
+    /// repository that is down never stalls archiving.
     Push {
         /// Path of the WAL file (%p; relative paths are relative to the current directory,
         /// which is the data directory when PostgreSQL runs the command).
@@ -64,7 +67,9 @@ pub enum Command {
     ///
     /// Writes the original bytes to PATH (through a temporary file and a rename), after
     /// verifying size and digest. Exit 1 only when the file is certainly not in the
-    /// repository; any other failure is retried, then exits 200 + code.
+    /// repository; any other failure is retried, then exits 200 + code. With a second
+    /// repository, a file the main one lacks or cannot give comes from the second; exit 1
+    /// then needs both to answer that they do not have it.
     Get {
         /// WAL file name (%f), e.g. 000000010000000000000003 or 00000002.history.
         name: String,
@@ -161,6 +166,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bring the second repository (repo2-config) up to date from the main one, or with
+    /// `--from repo2` the main one from the second: every object of the cluster the target
+    /// lacks (cluster record, history files, WAL, then each backup's chunks and manifest before
+    /// its catalog entry) is read, verified (size and BLAKE3 digest, or JSON) and written
+    /// create-if-absent through the target's own settings (encryption, Object Lock, storage
+    /// classes). An object both hold is compared, never overwritten. Exits 4 on a conflict, 6
+    /// when a damaged source object was not copied (the rest is copied). See
+    /// docs/security.md#second-repository.
+    Copy {
+        /// Which repository to copy from: main or repo2 (the other one is the target).
+        #[arg(long, value_name = "main|repo2", default_value = "main", value_parser = ["main", "repo2"])]
+        from: String,
+        /// Only say what would be copied.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON document instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Client-side encryption keys: make a key file, show the repository's keys, rotate the
     /// key-encryption key. See docs/security.md.
     Keys {
@@ -228,6 +252,7 @@ impl Command {
             Command::PrefetchWorker { .. } => "prefetch-worker",
             Command::PushAheadWorker { .. } => "push-ahead-worker",
             Command::Keys { .. } => "keys",
+            Command::Copy { .. } => "copy",
         }
     }
 }

@@ -21,6 +21,14 @@
 //! segment when it reaches that end, and so gets the grown partial or the complete segment.
 //! The prefetch worker never fetches partial objects ([`fetch`] reads `wal/` only), so a
 //! stale partial is never kept in the spool.
+//!
+//! With a second repository (`repo2-config`), a file the main repository does not have, or
+//! cannot give (unreachable after retries, or damaged), is fetched from the second one. "Not
+//! found" (exit 1) then needs both answers: the main repository said absent and the second
+//! one said absent too. When the main repository could not be reached and the second one
+//! lacks the file, that is not certain (the copy may lag behind): a storage failure (205),
+//! so that PostgreSQL aborts recovery instead of ending it early. The receiver's partial
+//! segment and the prefetch spool are the main repository's only.
 
 use std::path::Path;
 
@@ -35,9 +43,66 @@ use common::wal::{WalFileKind, WalFileName};
 
 use crate::prefetch;
 
-/// Fetches WAL file `name` into `dest`.
+/// Fetches WAL file `name` into `dest`: from the main repository, else from the second one
+/// (see the module documentation).
 pub async fn get(config: &Config, name: &str, dest: &Path) -> Result<(), Failure> {
     let wal = WalFileName::parse(name).map_err(|e| Failure::msg(FailureKind::Invalid, e))?;
+    let main = get_main(config, &wal, name, dest).await;
+    if config.repo2_config.is_none() {
+        return main;
+    }
+    let main_failure = match main {
+        Ok(()) => return Ok(()),
+        Err(f) if matches!(f.kind, FailureKind::NotFound | FailureKind::Storage | FailureKind::Corrupt) => f,
+        Err(f) => return Err(f),
+    };
+    // Read only now: a second repository's file that cannot be used fails only the gets that
+    // need it.
+    let Some(second) = config.repo2()? else { return Err(main_failure) };
+    if main_failure.kind != FailureKind::NotFound {
+        tracing::warn!(
+            file = name,
+            "the main repository failed, trying the second one ({}): {main_failure}",
+            second.repo
+        );
+    }
+    let from_second = async {
+        let repo2 = second.open_repository(false).await?;
+        match fetch(&repo2, &wal, dest).await {
+            Err(f) if f.kind == FailureKind::NotFound => Err(absent(&repo2, name).await),
+            r => r,
+        }
+    }
+    .await;
+    match from_second {
+        Ok(header) => {
+            tracing::info!(file = name, bytes = header.raw_size, repository = %second.repo, "restored from the second repository");
+            Ok(())
+        }
+        Err(f) if f.kind == FailureKind::NotFound && main_failure.kind == FailureKind::NotFound => Err(Failure::msg(
+            FailureKind::NotFound,
+            format!("{name} is in neither repository (cluster {:?})", config.cluster),
+        )),
+        Err(f) if f.kind == FailureKind::NotFound => Err(Failure::msg(
+            FailureKind::Storage,
+            format!(
+                "{name}: the main repository failed ({main_failure}) and the second one ({}) does not have it, which \
+                 is not certain absence (the copy may lag behind): not ending recovery here",
+                second.repo
+            ),
+        )),
+        // Absent from the main repository, unknown in the second: not certain either.
+        Err(f) if main_failure.kind == FailureKind::NotFound => {
+            Err(f.context(format!("{name} is not in the main repository; the second one ({}) failed", second.repo)))
+        }
+        Err(f) => Err(main_failure.context(format!("the second repository ({}) failed too: {f}", second.repo))),
+    }
+}
+
+/// Fetches WAL file `wal` into `dest` from the main repository (the prefetch spool, the
+/// archive, the receiver's partial segment).
+async fn get_main(config: &Config, wal: &WalFileName, name: &str, dest: &Path) -> Result<(), Failure> {
+    let wal = *wal;
     let spool = (config.prefetch > 0 && wal.kind == WalFileKind::Segment).then(|| prefetch::spool_dir(dest));
     if let Some(spool) = &spool {
         if prefetch::take(spool, &wal, dest) {

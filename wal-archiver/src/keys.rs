@@ -52,6 +52,7 @@ pub async fn run(config: &Config, action: KeysCommand) -> Result<(), Failure> {
                         key_id,
                         endpoint: new_kms_endpoint.or(endpoint),
                         region: new_kms_region.or(region),
+                        profile: config.s3.profile.clone(),
                     }
                 }
                 (None, None) => unreachable!("clap requires one"),

@@ -2,9 +2,12 @@
 //! process (tests drive them directly as well as through the binary).
 
 pub mod cli;
+pub mod copy;
+pub mod copy_object;
 pub mod get;
 pub mod keys;
 pub mod list;
+pub mod pending;
 pub mod prefetch;
 pub mod push;
 pub mod push_ahead;
@@ -39,7 +42,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         // Several objects are read and decompressed at once.
         let rt = common::cmdline::runtime(2)?;
         let opts = verify::Options { all, headers_only };
-        return common::cmdline::run_as_task(&rt, async move { verify::verify(&config, opts, json).await });
+        return common::cmdline::run_as_task(&rt, async move { verify_each(&config, opts, json).await });
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -55,10 +58,37 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Command::PrefetchWorker { after, spool } => prefetch::worker(&config, &spool, &after).await,
             Command::PushAheadWorker { pg_wal } => push_ahead::worker(&config, &pg_wal).await,
             Command::Keys { action } => keys::run(&config, action).await,
+            Command::Copy { from, dry_run, json } => {
+                let direction = if from == "repo2" { copy::Direction::FromRepo2 } else { copy::Direction::ToRepo2 };
+                copy::copy(&config, direction, dry_run, json).await
+            }
             Command::Receive { .. } => unreachable!("run_receive"),
             Command::Verify { .. } => unreachable!("a runtime of its own"),
         }
     })
+}
+
+/// `verify` of the main repository, then of the second one when one is configured, each
+/// under a line that names it (with `--json`, one document each); fails with the first
+/// problem found, naming its repository, after checking both.
+async fn verify_each(config: &Config, opts: verify::Options, json: bool) -> Result<(), Failure> {
+    let Some(second) = config.repo2()? else {
+        return verify::verify(config, opts, json).await;
+    };
+    let mut first_failure = None;
+    for (which, c) in [("main", config), ("repo2", &second)] {
+        if !json {
+            println!("== {which} repository {} ==", c.repo);
+        }
+        if let Err(f) = verify::verify(c, opts, json).await {
+            let f = f.context(format!("{which} repository {}", c.repo));
+            match &first_failure {
+                None => first_failure = Some(f),
+                Some(_) => eprintln!("wal-archiver verify: error: {f}"),
+            }
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// `receive` runs for days with a reader, a status sender and an uploader overlapping: a

@@ -3,7 +3,8 @@
 //! Contract: exit 0 only once the file is durably in the repository. The validation and the
 //! store are [`crate::store`] (`archive::store`, shared with the look-ahead worker and the
 //! receiver's uploader); this module adds the command's edge: the look-ahead worker for a
-//! backlog.
+//! backlog. With a second repository, exit 0 means: durably in the main repository, and in
+//! the second one or recorded on its pending list ([`crate::pending`]).
 
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use common::config::Config;
 use common::exit::Failure;
 
 use crate::push_ahead;
-use crate::store::store;
+use crate::store::store_everywhere as store;
 
 /// What a successful push did.
 pub type PushOutcome = Stored;

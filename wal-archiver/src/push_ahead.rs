@@ -157,7 +157,7 @@ pub async fn worker(config: &Config, pg_wal: &Path) -> Result<(), Failure> {
                         }
                         let path = pg_wal.join(&name);
                         if path.exists() && pg_wal.join("archive_status").join(format!("{name}.ready")).exists() {
-                            if let Err(f) = rt.block_on(crate::store::store(&config, &path)) {
+                            if let Err(f) = rt.block_on(crate::store::store_everywhere(&config, &path)) {
                                 eprintln!(
                                     "look-ahead push of {name} failed (the archiver's own push will report it): {f}"
                                 );

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::region::ProfileFileRegionProvider;
+use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -29,6 +31,9 @@ pub enum KekSetting {
         endpoint: Option<String>,
         /// The region; else the AWS environment or profile, else us-east-1.
         region: Option<String>,
+        /// The AWS profile whose credentials (and region) the KMS client uses instead of the
+        /// standard chain: the repository's `s3-profile`.
+        profile: Option<String>,
     },
 }
 
@@ -160,13 +165,19 @@ impl Kek {
                 let key = read_key_file(path)?;
                 Ok(Kek::File { path: path.clone(), fingerprint: fingerprint(&key), key })
             }
-            KekSetting::Kms { key_id, endpoint, region } => {
-                let region = RegionProviderChain::first_try(region.clone().map(Region::new))
-                    .or_default_provider()
-                    .region()
-                    .await
-                    .unwrap_or_else(|| Region::from_static("us-east-1"));
-                let sdk = aws_config::defaults(BehaviorVersion::latest())
+            KekSetting::Kms { key_id, endpoint, region, profile } => {
+                let mut chain = RegionProviderChain::first_try(region.clone().map(Region::new));
+                if let Some(p) = profile {
+                    chain = chain.or_else(ProfileFileRegionProvider::builder().profile_name(p).build());
+                }
+                let region =
+                    chain.or_default_provider().region().await.unwrap_or_else(|| Region::from_static("us-east-1"));
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if let Some(p) = profile {
+                    loader =
+                        loader.credentials_provider(ProfileFileCredentialsProvider::builder().profile_name(p).build());
+                }
+                let sdk = loader
                     .region(region)
                     .retry_config(RetryConfig::standard().with_max_attempts(3))
                     .timeout_config(

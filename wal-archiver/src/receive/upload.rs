@@ -11,6 +11,12 @@
 //!   more WAL is fsynced): compressed in the codec format and stored with overwrite under
 //!   [`Repository::receiver_partial_key`], a key of the receiver's own that `push` never
 //!   writes.
+//! - With a second repository: each stored segment's name is recorded in the spool's pending
+//!   list ([`crate::pending`]) before its spool file goes, and a copier task of its own copies
+//!   the pending files from the main repository to the second one (at once, and every
+//!   [`COPIER_INTERVAL`] while the second one is down), so the second repository never delays
+//!   the uploads or the positions reported to the server. The growing segment stays the main
+//!   repository's only.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -100,8 +106,40 @@ impl Uploader {
     }
 }
 
+/// How often the copier tries again while the second repository fails.
+pub const COPIER_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Starts the task that copies the pending list of `dir` to the second repository whenever it
+/// is woken, and every [`COPIER_INTERVAL`]; it ends with the uploader (when the returned
+/// handle is dropped).
+fn start_copier(config: Config, second: Config, dir: PathBuf) -> Arc<tokio::sync::Notify> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let weak = Arc::downgrade(&wake);
+    tokio::spawn(async move {
+        loop {
+            match crate::pending::drain(&config, &second, &dir).await {
+                Ok(_) => {}
+                Err(f) => tracing::warn!(
+                    repository = %second.repo,
+                    "copying to the second repository failed, tried again in {}s (the files wait in {}): {f}",
+                    COPIER_INTERVAL.as_secs(),
+                    dir.display()
+                ),
+            }
+            let Some(wake) = weak.upgrade() else { return };
+            let _ = tokio::time::timeout(COPIER_INTERVAL, wake.notified()).await;
+            if weak.strong_count() == 0 {
+                return;
+            }
+        }
+    });
+    wake
+}
+
 struct State {
     setup: UploaderSetup,
+    /// Wakes the copier to the second repository, when one is configured.
+    copier: Option<Arc<tokio::sync::Notify>>,
     queue: VecDeque<Job>,
     last_partial: Lsn,
     finishing: bool,
@@ -111,7 +149,18 @@ async fn run(setup: UploaderSetup, mut rx: mpsc::UnboundedReceiver<Job>, mut fin
     let mut positions = setup.positions.subscribe();
     let mut tick = tokio::time::interval(setup.partial_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut st = State { setup, queue: VecDeque::new(), last_partial: Lsn(0), finishing: false };
+    let copier = match setup.config.repo2() {
+        Ok(Some(second)) => {
+            Some(start_copier(setup.config.clone(), second, crate::pending::pending_dir_in(&setup.dir)))
+        }
+        Ok(None) => None,
+        Err(f) => {
+            let st = State { setup, copier: None, queue: VecDeque::new(), last_partial: Lsn(0), finishing: false };
+            st.fail(f);
+            return;
+        }
+    };
+    let mut st = State { setup, copier, queue: VecDeque::new(), last_partial: Lsn(0), finishing: false };
     let mut backoff = super::errors::reconnect_backoff();
     let mut rx_open = true;
     loop {
@@ -218,6 +267,16 @@ impl State {
             Ok(outcome) => {
                 tracing::info!(file = %path.display(), ?outcome, "stored");
                 let name = path.file_name().and_then(|n| n.to_str()).and_then(|n| WalFileName::parse(n).ok());
+                if let (Some(copier), Some(n)) = (&self.copier, &name) {
+                    // Recorded before the spool file goes: no file silently missing from the
+                    // second repository. A failure keeps the file and tries again.
+                    if let Err(f) = crate::pending::record(&crate::pending::pending_dir(path), &n.to_string()) {
+                        s.metrics.error(ErrorKind::SegmentStore, &f.to_string());
+                        tracing::warn!(file = %path.display(), "{f}; will retry");
+                        return Err(None);
+                    }
+                    copier.notify_one();
+                }
                 if let Err(e) = std::fs::remove_file(path) {
                     tracing::warn!(file = %path.display(), "cannot remove from the spool: {e}");
                 }
