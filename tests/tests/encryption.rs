@@ -25,6 +25,9 @@ fn key_file(dir: &Path, name: &str) -> PathBuf {
 
 fn with_key(repo: &TestRepo, key: Option<&Path>, args: &[&str]) -> Run {
     let mut c = repo.wal_archiver();
+    // No prefetch: a segment fetched ahead before the test damages it would be served from
+    // the prefetch spool.
+    c.env("PITR_PREFETCH", "0");
     if let Some(k) = key {
         c.env("PITR_ENCRYPTION_KEY_FILE", k);
     }
