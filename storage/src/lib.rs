@@ -257,7 +257,9 @@ pub async fn read_all(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, S
     match storage.get(key).await? {
         ObjectReader::Bytes(b) => Ok(b),
         ObjectReader::File(mut f) => {
-            let mut v = Vec::new();
+            // Sized from the start: growing by doubling copies a 16 MiB object about twice over.
+            let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+            let mut v = Vec::with_capacity(len);
             std::io::Read::read_to_end(&mut f, &mut v)
                 .map_err(|e| StorageError::io("read", Path::new(key.as_str()), e))?;
             Ok(v.into())
