@@ -82,6 +82,7 @@ async fn fetch_once(
     let result = match reader {
         ObjectReader::File(f) => codec::decompress(f, &mut out),
         ObjectReader::Bytes(b) => codec::decompress(&b[..], &mut out),
+        ObjectReader::Reader(r) => codec::decompress(r, &mut out),
         ObjectReader::Stream(s) => {
             let handle = tokio::task::spawn_blocking(move || {
                 let mut src = codec::SourceErrors::new(tokio_util::io::SyncIoBridge::new(s));

@@ -280,10 +280,15 @@ pub fn compress_with_summary<R: Read, W: Write + Seek>(
 pub fn decompress<R: Read, W: Write>(src: R, dst: &mut W) -> Result<ObjectHeader, CodecError> {
     let mut src = io::BufReader::with_capacity(256 << 10, src);
     let mut head = vec![0u8; FRAME_PREFIX_LEN];
-    let n = read_full(&mut src, &mut head)?;
+    // A source that checks what it reads (decryption) says InvalidData for damage.
+    let damage_or_io = |e: io::Error| match e.kind() {
+        io::ErrorKind::InvalidData => CodecError::Corrupt(e.to_string()),
+        _ => CodecError::Io(e),
+    };
+    let n = read_full(&mut src, &mut head).map_err(damage_or_io)?;
     let len = header_len(&head[..n])?;
     head.resize(len, 0);
-    let n = FRAME_PREFIX_LEN + read_full(&mut src, &mut head[FRAME_PREFIX_LEN..])?;
+    let n = FRAME_PREFIX_LEN + read_full(&mut src, &mut head[FRAME_PREFIX_LEN..]).map_err(damage_or_io)?;
     let header = ObjectHeader::decode(&head[..n])?;
     let mut dec = zstd::stream::read::Decoder::with_buffer(src).map_err(|e| CodecError::Corrupt(e.to_string()))?;
     let mut hasher = blake3::Hasher::new();

@@ -102,6 +102,9 @@ pub enum ObjectReader {
     Bytes(Bytes),
     /// A stream from a remote store.
     Stream(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    /// A local reader that produces the object as it is read (an encrypted local file,
+    /// decrypted chunk by chunk). A damaged part fails a read with `InvalidData`.
+    Reader(Box<dyn std::io::Read + Send>),
 }
 
 impl fmt::Debug for ObjectReader {
@@ -110,6 +113,7 @@ impl fmt::Debug for ObjectReader {
             ObjectReader::File(_) => f.write_str("ObjectReader::File"),
             ObjectReader::Bytes(b) => write!(f, "ObjectReader::Bytes({} bytes)", b.len()),
             ObjectReader::Stream(_) => f.write_str("ObjectReader::Stream"),
+            ObjectReader::Reader(_) => f.write_str("ObjectReader::Reader"),
         }
     }
 }
@@ -254,7 +258,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
 /// Reads a whole object into memory (for small objects such as catalog entries).
 pub async fn read_all(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, StorageError> {
-    match storage.get(key).await? {
+    into_bytes(key, storage.get(key).await?).await
+}
+
+/// Reads what `reader` (the object at `key`) yields into memory.
+pub async fn into_bytes(key: &ObjectKey, reader: ObjectReader) -> Result<Bytes, StorageError> {
+    match reader {
         ObjectReader::Bytes(b) => Ok(b),
         ObjectReader::File(mut f) => {
             // Sized from the start: growing by doubling copies a 16 MiB object about twice over.
@@ -262,6 +271,16 @@ pub async fn read_all(storage: &dyn Storage, key: &ObjectKey) -> Result<Bytes, S
             let mut v = Vec::with_capacity(len);
             std::io::Read::read_to_end(&mut f, &mut v)
                 .map_err(|e| StorageError::io("read", Path::new(key.as_str()), e))?;
+            Ok(v.into())
+        }
+        ObjectReader::Reader(mut r) => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut v).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => {
+                    StorageError::Damaged { key: key.to_string(), message: e.to_string() }
+                }
+                _ => StorageError::io("read", Path::new(key.as_str()), e),
+            })?;
             Ok(v.into())
         }
         ObjectReader::Stream(mut s) => {

@@ -483,6 +483,7 @@ async fn check_object(
             let (r, interrupted) = match reader {
                 ObjectReader::File(f) => (codec::decompress(f, &mut head), false),
                 ObjectReader::Bytes(b) => (codec::decompress(&b[..], &mut head), false),
+                ObjectReader::Reader(r) => (codec::decompress(r, &mut head), false),
                 ObjectReader::Stream(s) => {
                     let mut src = codec::SourceErrors::new(tokio_util::io::SyncIoBridge::new(s));
                     let r = codec::decompress(&mut src, &mut head);
