@@ -35,7 +35,7 @@ ok() { passed=$((passed + 1)); echo "ok: $*"; }
 bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 
 # Tools.
-if ! { [ -x "$HADOLINT" ] && "$HADOLINT" --version 2>/dev/null | grep -q " $HADOLINT_VERSION"; }; then
+if ! { [ -x "$HADOLINT" ] && grep -q " $HADOLINT_VERSION" <<<"$("$HADOLINT" --version 2>/dev/null)"; }; then
   echo "installing hadolint $HADOLINT_VERSION into $VENV" >&2
   rm -rf "$VENV"
   python3 -m venv "$VENV"
@@ -132,10 +132,12 @@ while IFS=$'\t' read -r kind where what; do
     if [ -e "$what" ]; then ok "$where: $what exists"; else bad "$where: $what does not exist"; fi
     ;;
   env)
-    if echo "$known_env" | grep -qx "$what"; then ok "$where: $what is a setting"; else bad "$where: $what is read by no program"; fi
+    # A here-string, not `echo | grep -q`: grep -q exits at the first match, and with pipefail
+    # the echo it cut off (SIGPIPE) would fail the check at random.
+    if grep -qx "$what" <<<"$known_env"; then ok "$where: $what is a setting"; else bad "$where: $what is read by no program"; fi
     ;;
   host)
-    if echo "$service_names" | grep -qx "$what"; then ok "$where: host $what is a service"; else bad "$where: host $what is no service of compose.yaml"; fi
+    if grep -qx "$what" <<<"$service_names"; then ok "$where: host $what is a service"; else bad "$where: host $what is no service of compose.yaml"; fi
     ;;
   cmdline)
     IFS=$'\x1f' read -r -a words <<<"$what"
